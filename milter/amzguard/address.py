@@ -1,0 +1,245 @@
+"""Envelope address parsing and buyer-recipient classification.
+
+Envelope addresses reach the milter as the MTA saw them: with or without angle brackets, with source routes,
+quoted local parts, trailing dots, SMTPUTF8 characters or plain garbage. Classification must give the same
+answer for every spelling of one mailbox, because a buyer address that slips through by spelling is a
+policy breach. So parsing here is lenient (never raises, always yields a best reading) and matching is done
+on a normalised form, while the raw text is kept for the milter actions that must quote the MTA exactly.
+
+Pure code: no I/O, no pymilter.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+# Dots that IDNA maps to U+002E: an SMTPUTF8 domain written with them routes like the ASCII one.
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+# Characters allowed unquoted in a dot-atom local part (RFC 5322 atext plus the dot).
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")
+
+MAX_ADDRESS_LENGTH = 4096
+"""Longer input is cut before parsing: RFC 5321 allows 256 octets, this keeps work bounded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One parsed envelope address.
+
+    ``local`` keeps its case (local parts are case-sensitive on the wire); ``domain`` is normalised
+    (case-folded, IDNA dots mapped, trailing dots and white space removed) because domains are not.
+    """
+
+    raw: str
+    local: str
+    domain: str
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.local and not self.domain
+
+    def text(self) -> str:
+        """The address as one would write it in RCPT TO, without angle brackets."""
+        return format_address(self.local, self.domain)
+
+
+def _text_of(raw: object) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "surrogateescape")
+    if isinstance(raw, str):
+        return raw
+    return ""
+
+
+def _strip_comments(text: str) -> str:
+    """Remove RFC 5322 comments (nested parentheses) outside quoted strings."""
+    if "(" not in text:
+        return text
+    out: list[str] = []
+    depth = 0
+    quoted = False
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                out.append(char)
+            continue
+        if char == "\\":
+            escaped = True
+            if depth == 0:
+                out.append(char)
+            continue
+        if quoted:
+            if char == '"':
+                quoted = False
+            out.append(char)
+        elif char == '"' and depth == 0:
+            quoted = True
+            out.append(char)
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth > 0:
+            depth -= 1
+        elif depth == 0:
+            out.append(char)
+    return "".join(out)
+
+
+def _split_at_last_unquoted_at(text: str) -> tuple[str, str | None]:
+    quoted = False
+    escaped = False
+    split = -1
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "@" and not quoted:
+            split = index
+    if split < 0:
+        return text, None
+    return text[:split], text[split + 1 :]
+
+
+def _unquote_local(local: str) -> str:
+    """Drop quote marks and quoted-pair backslashes: ``"a\\"b"`` and ``a"b"`` name what the MTA delivers."""
+    if '"' not in local and "\\" not in local:
+        return local.strip()
+    out: list[str] = []
+    escaped = False
+    for char in local.strip():
+        if escaped:
+            out.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char != '"':
+            out.append(char)
+    return "".join(out)
+
+
+def normalise_domain(domain: str) -> str:
+    """Case-fold and tidy a domain so that every spelling of one DNS name compares equal."""
+    domain = "".join(domain.split())  # white space never belongs in a domain
+    domain = unicodedata.normalize("NFKC", domain.translate(_IDNA_DOTS)).translate(_IDNA_DOTS)
+    return domain.casefold().strip(".")
+
+
+def parse_address(raw: object) -> Address:
+    """Read an envelope address leniently; never raises.
+
+    Accepts ``<a@b>``, ``a@b``, ``<@relay1,@relay2:a@b>`` (source route, dropped), quoted local parts,
+    comments, surrounding white space and bytes (undecodable octets kept as surrogates). Input that has
+    no ``@`` yields an address with an empty domain; empty input yields an empty address.
+    """
+    text = _text_of(raw)
+    original = text
+    text = text[:MAX_ADDRESS_LENGTH].replace("\x00", "")
+    text = _strip_comments(text).strip()
+    while text.startswith("<"):
+        text = text[1:].strip()
+    while text.endswith(">"):
+        text = text[:-1].strip()
+    if text.startswith("@") and ":" in text:
+        text = text.split(":", 1)[1].strip()
+    local_text, domain_text = _split_at_last_unquoted_at(text)
+    local = _unquote_local(local_text)
+    domain = normalise_domain(domain_text) if domain_text is not None else ""
+    return Address(raw=original, local=local, domain=domain)
+
+
+def format_address(local: str, domain: str) -> str:
+    """Write local@domain, quoting the local part when it is not a plain dot-atom."""
+    needs_quotes = (
+        not local
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+        or any(char not in _ATEXT and ord(char) < 128 for char in local)
+    )
+    if needs_quotes:
+        escaped = local.replace("\\", "\\\\").replace('"', '\\"')
+        local = f'"{escaped}"'
+    return f"{local}@{domain}" if domain else local
+
+
+def routed_forms(address: Address) -> tuple[Address, ...]:
+    """The address plus every mailbox it may be routed to by old relaying syntax.
+
+    Postfix still honours the percent hack (``user%host@local``) and bang paths (``host!user@local``)
+    for local domains by default; a buyer address hidden that way must be recognised too.
+    """
+    forms = [address]
+    local = address.local
+    if "%" in local:
+        inner_local, inner_domain = local.rsplit("%", 1)
+        forms.append(Address(address.raw, inner_local.strip(), normalise_domain(inner_domain)))
+    if "!" in local:
+        host, user = local.split("!", 1)
+        forms.append(Address(address.raw, user.strip(), normalise_domain(host)))
+    return tuple(forms)
+
+
+def domain_matches(domain: str, suffixes: tuple[str, ...]) -> bool:
+    """True when ``domain`` is one of ``suffixes`` or a subdomain of one (label-aligned, so
+    ``notmarketplace.amazon.de`` does not match ``marketplace.amazon.de``)."""
+    return any(domain == suffix or domain.endswith("." + suffix) for suffix in suffixes)
+
+
+def strip_marker(local: str, prefixes: tuple[str, ...]) -> str | None:
+    """The local part without its first matching marker prefix (case-insensitive), or None if unmarked.
+
+    Only the prefix is removed; the rest keeps its exact spelling so the buyer's real mailbox is hit.
+    """
+    for prefix in prefixes:
+        head = local[: len(prefix)]
+        if len(head) == len(prefix) and head.casefold() == prefix.casefold():
+            return local[len(prefix) :]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """An envelope recipient with what the policy needs to know about it."""
+
+    address: Address
+    relay: bool
+    """The domain is an Amazon buyer relay domain (``marketplace.amazon.<tld>`` or below)."""
+    marked: bool
+    """The local part carries a marker prefix (``blacklisted-``) set by a shop plugin."""
+    unmarked: str | None
+    """For marked recipients: the address with the marker removed, as the review channel delivers it."""
+
+    @property
+    def raw(self) -> str:
+        return self.address.raw
+
+    @property
+    def is_buyer(self) -> bool:
+        return self.relay or self.marked
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerPatterns:
+    """What makes an address a buyer address (from the ``buyers`` config section)."""
+
+    marked_prefixes: tuple[str, ...]
+    relay_domains: tuple[str, ...]
+
+
+def classify_recipient(raw: object, patterns: BuyerPatterns) -> Recipient:
+    """Classify one envelope recipient; every routed form of the address is considered."""
+    address = parse_address(raw)
+    relay = False
+    marked = False
+    for form in routed_forms(address):
+        relay = relay or domain_matches(form.domain, patterns.relay_domains)
+        marked = marked or strip_marker(form.local, patterns.marked_prefixes) is not None
+    stripped = strip_marker(address.local, patterns.marked_prefixes)
+    unmarked = format_address(stripped, address.domain) if stripped else None
+    return Recipient(address=address, relay=relay, marked=marked, unmarked=unmarked)

@@ -1,0 +1,318 @@
+"""Configuration: one YAML file, validated completely before the milter uses any of it.
+
+A milter that starts on a half-understood config silently passes or refuses the wrong mail, so every key
+is checked: unknown keys, wrong types and bad values raise ``ConfigError`` naming the file, the key path and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .address import BuyerPatterns, normalise_domain
+from .policy import MixedRecipients, Mode, PolicySettings, ReviewChannelSettings
+
+DEFAULT_CONFIG_PATH = Path("/etc/amzguard/amzguard.yml")
+
+# Every marketplace named in Amazon's public material; subdomains (m.marketplace.amazon.co.jp) match too.
+DEFAULT_RELAY_DOMAINS: tuple[str, ...] = tuple(
+    f"marketplace.amazon.{tld}"
+    for tld in (
+        "com", "de", "co.uk", "fr", "it", "es", "nl", "se", "pl", "com.be", "co.jp", "ca", "com.mx",
+        "in", "com.br", "com.au", "com.tr", "eg", "ae", "sa", "sg", "ie",
+    )
+)  # fmt: skip
+DEFAULT_MARKED_PREFIXES: tuple[str, ...] = ("blacklisted-",)
+DEFAULT_REPLY_TEXT = (
+    "Amazon forbids e-mail about orders or shipping to buyers; use Seller Central (refused by amzguard)"
+)
+DEFAULT_TAG_HEADER = "X-Amzguard-Channel"
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """A configuration that must not be used; the message says where and what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class MilterSettings:
+    socket: str
+    """libmilter socket spec: ``unix:/path``, ``inet:port@host`` or ``inet6:port@host``."""
+    timeout: int
+    """Seconds libmilter waits on the MTA before giving up on a connection."""
+    on_error: str
+    """``tempfail`` or ``accept``: the answer when amzguard itself fails on a message."""
+    socket_mode: int
+    """Permission bits of a unix socket (group access lets Postfix in without opening it to all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path | None
+    milter: MilterSettings
+    policy: PolicySettings
+    log_level: str
+
+
+_SOCKET_RE = re.compile(
+    r"""^(?:
+        (?:unix|local):/.+                         # unix:/absolute/path
+      | inet:\d{1,5}@[A-Za-z0-9.\-]+              # inet:port@host
+      | inet6:\d{1,5}@[0-9A-Za-z.:\-\[\]]+         # inet6:port@host
+    )$""",
+    re.X,
+)
+_HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_SENDER_RE = re.compile(r"^[^@\s]*@[^@\s]+$")
+
+T = TypeVar("T")
+
+
+class _Section:
+    """A mapping being read; remembers its key path so every error can name it."""
+
+    def __init__(self, source: str, path: str, data: object) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: {path or 'top level'}: expected a mapping, got {_kind(data)}")
+        self.source = source
+        self.path = path
+        self.data: Mapping[Any, Any] = data
+        self.read: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, expected: str, value: object = None) -> ConfigError:
+        got = f", got {value!r}" if value is not None else ""
+        return ConfigError(f"{self.source}: {self._name(key)}: expected {expected}{got}")
+
+    def section(self, key: str) -> _Section:
+        self.read.add(key)
+        return _Section(self.source, self._name(key), self.data.get(key))
+
+    def get(self, key: str, default: T, expected: str, check: Callable[[Any], bool]) -> T:
+        self.read.add(key)
+        if key not in self.data or self.data[key] is None:
+            return default
+        value = self.data[key]
+        if not check(value):
+            raise self.error(key, expected, value)
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(str(key) for key in self.data if key not in self.read)
+        if unknown:
+            known = ", ".join(sorted(self.read))
+            raise ConfigError(f"{self.source}: {self._name(unknown[0])}: unknown key (known here: {known})")
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(_is_str(item) for item in value)
+
+
+def _printable_ascii(value: object) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isprintable() and "%" not in value
+
+
+def _read_token(review: _Section, base: Path | None, enabled: bool) -> bytes:
+    """The review secret; a token file is only read when the channel is on, so a shipped config that
+    names a not-yet-created file still passes check-config while the channel is off."""
+    inline = review.get("token", "", "a non-empty string", _is_str)
+    token_file = review.get("token_file", "", "a file path", _is_str)
+    if inline and token_file:
+        raise review.error("token", "either token or token_file, not both")
+    if token_file and enabled:
+        path = Path(token_file)
+        if not path.is_absolute() and base is not None:
+            path = base.parent / path
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise review.error("token_file", f"a readable file ({exc.strerror}: {path})") from None
+        except UnicodeDecodeError:
+            raise review.error("token_file", f"a UTF-8 text file ({path})") from None
+        _warn_if_world_readable(path, "channels.review.token_file")
+        inline = text
+    token = inline.strip()
+    if token and (len(token) < 16 or not token.isascii() or any(ch.isspace() for ch in token)):
+        raise review.error("token", "at least 16 printable ASCII characters without spaces")
+    return token.encode("ascii")
+
+
+def _warn_if_world_readable(path: Path, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        log.warning("%s: %s is readable by every user; chmod o-r it (it holds the review secret)", what, path)
+
+
+def _parse_mode(section: _Section, key: str, default: int) -> int:
+    # A string, because YAML reads an unquoted 0660 as the octal number 432 and 660 as decimal.
+    raw = section.get(key, None, "a quoted octal mode such as '0660'", lambda v: isinstance(v, str))
+    if raw is None:
+        return default
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        raise section.error(key, "an octal mode string such as '0660'", raw) from None
+    if not 0 <= mode <= 0o777 or mode & 0o002:
+        raise section.error(key, "an octal mode without world write (e.g. '0660')", raw)
+    return mode
+
+
+def parse_config(data: object, source: str = "<config>", path: Path | None = None) -> Config:
+    """Validate already-loaded YAML data into a ``Config``."""
+    top = _Section(source, "", data)
+
+    milter = top.section("milter")
+    socket = milter.get(
+        "socket",
+        "unix:/var/spool/postfix/amzguard/amzguard.sock",
+        "a libmilter socket spec (unix:/path, inet:PORT@HOST, inet6:PORT@HOST)",
+        lambda v: isinstance(v, str) and bool(_SOCKET_RE.match(v)),
+    )
+    timeout = milter.get(
+        "timeout", 600, "an integer number of seconds 1..3600", lambda v: type(v) is int and 1 <= v <= 3600
+    )
+    on_error = milter.get("on_error", "tempfail", "'tempfail' or 'accept'", lambda v: v in ("tempfail", "accept"))
+    socket_mode = _parse_mode(milter, "socket_mode", 0o660)
+    milter.done()
+
+    buyers = top.section("buyers")
+    prefixes = buyers.get(
+        "marked_prefixes",
+        list(DEFAULT_MARKED_PREFIXES),
+        "a list of ASCII local-part prefixes",
+        lambda v: _is_str_list(v) and all(p.isascii() and "@" not in p for p in v),
+    )
+    relay_domains = buyers.get(
+        "relay_domains",
+        list(DEFAULT_RELAY_DOMAINS),
+        "a non-empty list of domain names",
+        lambda v: _is_str_list(v) and bool(v) and all(_DOMAIN_RE.match(normalise_domain(d)) for d in v),
+    )
+    buyers.done()
+
+    refusal = top.section("refusal")
+    reply_text = refusal.get(
+        "reply_text",
+        DEFAULT_REPLY_TEXT,
+        "one line of printable ASCII without '%' (max 400 characters)",
+        lambda v: _printable_ascii(v) and 0 < len(v.strip()) <= 400,
+    )
+    mixed = refusal.get(
+        "mixed_recipients",
+        MixedRecipients.BOUNCE.value,
+        "'bounce' or 'reject'",
+        lambda v: v in {m.value for m in MixedRecipients},
+    )
+    bounce_domain = refusal.get(
+        "bounce_domain",
+        "amzguard.invalid",
+        "a domain name that only your transport map routes (keep it under .invalid)",
+        lambda v: isinstance(v, str) and bool(_DOMAIN_RE.match(normalise_domain(v))),
+    )
+    refusal.done()
+
+    channels = top.section("channels")
+    review = channels.section("review")
+    enabled = review.get("enabled", False, "true or false", _is_bool)
+    header = review.get(
+        "header", DEFAULT_TAG_HEADER, "a header field name", lambda v: isinstance(v, str) and bool(_HEADER_NAME_RE.match(v))
+    )
+    allowed_senders = review.get(
+        "allowed_senders",
+        [],
+        "a list of 'user@domain' or '@domain' entries",
+        lambda v: isinstance(v, list) and all(isinstance(s, str) and _SENDER_RE.match(s) for s in v),
+    )
+    token = _read_token(review, path, enabled)
+    if enabled and not token:
+        raise review.error("token", "a secret (token or token_file) when the review channel is enabled")
+    review.done()
+    channels.done()
+
+    mode = top.get("mode", Mode.ENFORCE.value, "'enforce' or 'monitor'", lambda v: v in {m.value for m in Mode})
+    logging_section = top.section("logging")
+    level = logging_section.get(
+        "level", "info", "one of debug, info, warning, error", lambda v: v in ("debug", "info", "warning", "error")
+    )
+    logging_section.done()
+    top.done()
+
+    policy = PolicySettings(
+        buyers=BuyerPatterns(
+            marked_prefixes=tuple(prefixes),
+            relay_domains=tuple(normalise_domain(d) for d in relay_domains),
+        ),
+        review=ReviewChannelSettings(
+            enabled=enabled,
+            header=header,
+            token=token,
+            allowed_senders=tuple(s.strip() for s in allowed_senders),
+        ),
+        reply_text=reply_text.strip(),
+        mixed_recipients=MixedRecipients(mixed),
+        bounce_domain=normalise_domain(bounce_domain),
+        mode=Mode(mode),
+    )
+    return Config(
+        source=path,
+        milter=MilterSettings(socket=socket, timeout=timeout, on_error=on_error, socket_mode=socket_mode),
+        policy=policy,
+        log_level=level,
+    )
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; every failure is a ``ConfigError`` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    return parse_config(data, source=str(path), path=path.resolve())
+
+
+def config_path_from_env(explicit: str | None) -> Path:
+    """``-c FILE`` first, then ``AMZGUARD_CONFIG``, then the packaged default location."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("AMZGUARD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH

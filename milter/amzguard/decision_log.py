@@ -1,0 +1,33 @@
+"""The one log line written per recipient decision.
+
+Postfix admins grep mail logs by queue id, so each line starts with it (``NOQUEUE`` before Postfix has
+assigned one, as Postfix itself writes) and carries key=value fields in a fixed order.
+"""
+
+from __future__ import annotations
+
+from .address import Address
+from .policy import Decision, Mode, SubmissionPath
+
+
+def _bracketed(address: Address) -> str:
+    text = "" if address.is_empty else address.text()
+    # Control characters and undecodable octets must not forge extra log lines or break the reader.
+    safe = "".join(char if char.isprintable() else f"\\x{ord(char) & 0xFF:02x}" for char in text)
+    return f"<{safe}>"
+
+
+def decision_line(
+    queue_id: str | None,
+    sender: Address,
+    decision: Decision,
+    path: SubmissionPath,
+    stage: str,
+    mode: Mode,
+) -> str:
+    outcome = decision.outcome.value if mode is Mode.ENFORCE else f"would-{decision.outcome.value}"
+    return (
+        f"{queue_id or 'NOQUEUE'}: from={_bracketed(sender)} rcpt={_bracketed(decision.recipient.address)}"
+        f" path={path.value} stage={stage} channel={decision.channel.value}"
+        f" decision={outcome} reason={decision.reason.value}"
+    )
