@@ -20,10 +20,6 @@ _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 # Characters allowed unquoted in a dot-atom local part (RFC 5322 atext plus the dot).
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")
 
-MAX_ADDRESS_LENGTH = 4096
-"""Longer input is cut before parsing: RFC 5321 allows 256 octets, this keeps work bounded."""
-
-
 @dataclass(frozen=True, slots=True)
 class Address:
     """One parsed envelope address.
@@ -101,6 +97,9 @@ def _split_at_last_unquoted_at(text: str) -> tuple[str, str | None]:
             quoted = not quoted
         elif char == "@" and not quoted:
             split = index
+    if quoted:
+        # Unterminated quote: do not let it hide the domain; read it as the MTA's resolver would.
+        split = text.rfind("@")
     if split < 0:
         return text, None
     return text[:split], text[split + 1 :]
@@ -139,7 +138,7 @@ def parse_address(raw: object) -> Address:
     """
     text = _text_of(raw)
     original = text
-    text = text[:MAX_ADDRESS_LENGTH].replace("\x00", "")
+    text = text.replace("\x00", "")  # every step below is linear, so no length cut that could drop the domain
     text = _strip_comments(text).strip()
     while text.startswith("<"):
         text = text[1:].strip()

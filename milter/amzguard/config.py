@@ -181,7 +181,7 @@ def _parse_mode(section: _Section, key: str, default: int) -> int:
     try:
         mode = int(raw, 8)
     except ValueError:
-        raise section.error(key, "an octal mode string such as '0660'", raw) from None
+        raise section.error(key, "a quoted octal mode such as '0660'", raw) from None
     if not 0 <= mode <= 0o777 or mode & 0o002:
         raise section.error(key, "an octal mode without world write (e.g. '0660')", raw)
     return mode
