@@ -10,8 +10,13 @@ from .address import Address
 from .policy import Decision, Mode, SubmissionPath
 
 
+MAX_LOGGED_ADDRESS = 256
+
+
 def _bracketed(address: Address) -> str:
     text = "" if address.is_empty else address.text()
+    if len(text) > MAX_LOGGED_ADDRESS:
+        text = f"{text[:MAX_LOGGED_ADDRESS]}...({len(text)} chars)"
     # Control characters and undecodable octets must not forge extra log lines or break the reader.
     safe = "".join(char if char.isprintable() else f"\\x{ord(char) & 0xFF:02x}" for char in text)
     return f"<{safe}>"

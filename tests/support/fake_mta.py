@@ -12,7 +12,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from miltertest import client, constants as c
+from miltertest import client, codec, constants as c
+
+
+def _encode_str_with_raw_octets(value: str) -> bytes:
+    """Like miltertest's encoder, but lone surrogates go out as the raw 8-bit octets they stand for,
+    so tests can send what a real MTA passes on from a non-UTF-8 client."""
+    return f"{value}\0".encode("utf-8", "surrogateescape")
+
+
+codec.encode_str = _encode_str_with_raw_octets
+codec.codectypes["str"] = (_encode_str_with_raw_octets, codec.codectypes["str"][1])
 
 # Postfix announces local (sendmail(1)) submissions like this; smtpd sends the real peer.
 LOCAL_PEER = ("localhost", "127.0.0.1", 0)

@@ -1,0 +1,93 @@
+"""Start and stop a real ``amzguard run`` process for tests, by PID only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .fake_mta import wait_for_socket
+
+REVIEW_TOKEN = "t3st-review-token-7Qx9Lm2"
+
+
+def write_config(path: Path, socket: str, **sections: object) -> Path:
+    """A test config: review channel on with a known token unless overridden."""
+    data: dict[str, object] = {
+        "milter": {"socket": socket, "timeout": 30},
+        "channels": {"review": {"enabled": True, "token": REVIEW_TOKEN}},
+    }
+    data.update(sections)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class MilterProcess:
+    """``amzguard run`` in a child process; ``prelude`` is Python run before the CLI (fault injection)."""
+
+    def __init__(self, config: Path, socket: str, log: Path, prelude: str = "") -> None:
+        self.config = config
+        self.socket = socket
+        self.log = log
+        self.prelude = prelude
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> MilterProcess:
+        code = f"{self.prelude}\nimport sys\nfrom amzguard.cli import main\nsys.exit(main(sys.argv[1:]))"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, "run", "-c", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            wait_for_socket(self.socket, timeout)
+        except OSError:
+            self.stop()
+            raise RuntimeError(f"milter did not start:\n{self.log_text()}") from None
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal our own child and wait for it (libmilter keeps its listener ~1 s after SIGTERM)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in milter log:\n{self.log_text()}")
+
+    def __enter__(self) -> MilterProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
