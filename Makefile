@@ -1,0 +1,44 @@
+# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite.
+# Both set up what they need on a fresh Debian machine: apt packages (as root, or via sudo) and a venv.
+
+PYTHON      ?= python3
+VENV        := .venv
+VENV_PY     := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+RUN_DIR     := $(CURDIR)/var/run
+RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
+
+
+# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests.
+RUN_PACKAGES  := libmilter-dev gcc
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks
+
+.PHONY: run test check-config system-run system-test venv clean
+
+run: system-run $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	@echo "amzguard: shipped config etc/amzguard.yml, socket $(RUN_SOCKET) (Ctrl-C stops)"
+	exec $(VENV)/bin/amzguard run -c etc/amzguard.yml --socket $(RUN_SOCKET)
+
+test: system-test $(STAMP)
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+check-config: $(STAMP)
+	$(VENV)/bin/amzguard check-config -c etc/amzguard.yml
+
+system-run:
+	@./.ci/ensure-packages $(RUN_PACKAGES)
+
+system-test:
+	@./.ci/ensure-packages $(TEST_PACKAGES)
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "amzguard needs Python 3.11+")'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) var build *.egg-info milter/*.egg-info .pytest_cache
