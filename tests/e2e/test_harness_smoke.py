@@ -9,8 +9,9 @@ the whole file runs in a few seconds.
 
 from __future__ import annotations
 
+import email.message
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -57,8 +58,16 @@ def pf_dead_milter() -> Iterator[PostfixInstance]:
         yield inst
 
 
-def _by_subject(subject: str):  # type: ignore[no-untyped-def]
-    return lambda m: (m.message if isinstance(m, SinkMessage) else m).get("Subject") == subject
+def _by_subject(subject: str) -> Callable[[SinkMessage], bool]:
+    return lambda m: m.message.get("Subject") == subject
+
+
+def _returned_subject(msg: email.message.Message) -> str | None:
+    """Subject of the original message attached to a bounce (None if not a bounce)."""
+    if msg.get_content_type() != "multipart/report":
+        return None
+    returned = parse_bounce(msg).returned
+    return None if returned is None else str(returned.get("Subject"))
 
 
 # --------------------------------------------------------------------------- routing
@@ -87,6 +96,16 @@ def test_smtp_to_outside_address_lands_in_sink(pf: PostfixInstance) -> None:
     assert "relay=127.0.0.1[127.0.0.1]:%d" % pf.sink.port in line.group(0)
 
 
+def test_swaks_to_outside_address_lands_in_sink(pf: PostfixInstance) -> None:
+    subject = unique_token("swaks-out")
+    cp = pf.swaks(["-f", "client@ext.test", "-t", "swaks@outside.test", "--header", f"Subject: {subject}"])
+
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert re.search(r"^<-  250 2\.0\.0 Ok: queued as \w+$", cp.stdout, re.M), cp.stdout
+    (got,) = pf.sink.wait_for(1, predicate=_by_subject(subject))
+    assert got.rcpts == ["swaks@outside.test"] and got.mail_from == "client@ext.test"
+
+
 def test_smtp_to_local_user_lands_in_mailbox(pf: PostfixInstance) -> None:
     subject = unique_token("smtp-local")
     res = pf.smtp("client@ext.test", ["owner@shop.test"], make_message("client@ext.test", "owner@shop.test", subject))
@@ -95,7 +114,7 @@ def test_smtp_to_local_user_lands_in_mailbox(pf: PostfixInstance) -> None:
     (got,) = pf.wait_mailbox("owner", predicate=lambda m: m["Subject"] == subject)
     assert got["Delivered-To"] == "owner@shop.test"
     assert got["Return-Path"] == "<client@ext.test>"
-    assert not pf.sink.messages() or all(m.message["Subject"] != subject for m in pf.sink.messages())
+    assert all(m.message["Subject"] != subject for m in pf.sink.messages())
     assert "relay=virtual" in pf.wait_delivered("owner@shop.test").group(0)
 
 
@@ -149,13 +168,8 @@ def test_sendmail_to_error_transport_bounces_to_sender(pf: PostfixInstance) -> N
     cp = pf.sendmail("shop@shop.test", [REFUSED_RCPT], make_message("shop@shop.test", ORIGINAL_RCPT, subject))
     assert cp.returncode == 0, cp
 
-    def is_our_bounce(m) -> bool:  # type: ignore[no-untyped-def]
-        if m["Subject"] != "Undelivered Mail Returned to Sender":
-            return False
-        returned = parse_bounce(m).returned
-        return returned is not None and returned["Subject"] == subject
-
-    (bounce,) = pf.wait_mailbox("shop", predicate=is_our_bounce)
+    (bounce,) = pf.wait_mailbox("shop", predicate=lambda m: _returned_subject(m) == subject)
+    assert bounce["Subject"] == "Undelivered Mail Returned to Sender"
     assert bounce["From"] == "Mail Delivery System <MAILER-DAEMON@mx.shop.test>"
     assert bounce["Return-Path"] == "<>"
     rep = parse_bounce(bounce)
@@ -185,9 +199,7 @@ def test_smtp_orcpt_is_shown_as_original_recipient_in_bounce(pf_unlisted_ok: Pos
     )
     assert res.rcpt_replies[REFUSED_RCPT] == (250, "2.1.5 Ok") and res.queued, res
 
-    (bounce,) = pf.wait_mailbox(
-        "shop", predicate=lambda m: (r := parse_bounce(m).returned) is not None and r["Subject"] == subject
-    )
+    (bounce,) = pf.wait_mailbox("shop", predicate=lambda m: _returned_subject(m) == subject)
     rep = parse_bounce(bounce)
     # The human-readable part names the rewritten recipient, not the ORCPT.
     assert re.search(rf"^<{re.escape(REFUSED_RCPT)}>: test refusal$", rep.notification, re.M)

@@ -30,8 +30,9 @@ def write_config(path: Path, socket: str, **sections: object) -> Path:
 class MilterProcess:
     """``amzguard run`` in a child process; ``prelude`` is Python run before the CLI (fault injection)."""
 
-    def __init__(self, config: Path, socket: str, log: Path, prelude: str = "") -> None:
+    def __init__(self, config: Path, socket: str, log: Path, prelude: str = "", group: str | None = None) -> None:
         self.config = config
+        self.group = group
         self.socket = socket
         self.log = log
         self.prelude = prelude
@@ -44,6 +45,7 @@ class MilterProcess:
                 [sys.executable, "-c", code, "run", "-c", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                group=self.group,  # e.g. "postfix", so the 0660 socket is Postfix's to connect to
             )
         try:
             wait_for_socket(self.socket, timeout)

@@ -1,0 +1,74 @@
+"""Fixtures: a real Postfix wired to a real amzguard process, per test module."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import PostfixInstance, make_workdir
+from tests.support.milter_process import MilterProcess, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+TRANSPORT_MAP = REPO / "etc" / "postfix" / "amzguard-transport.regexp"
+
+REVIEW_SENDER = "support@shop.test"  # the shop's review mailer; a local mailbox, so its bounces are seen
+SHOP_SENDER = "shop@shop.test"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@dataclass
+class Stack:
+    """Postfix plus amzguard, as an admin would wire them (shipped transport map included)."""
+
+    postfix: PostfixInstance
+    milter: MilterProcess
+    workdir: Path
+
+    def restart_milter(self) -> None:
+        self.milter.stop()
+        self.milter.start()
+
+
+def start_stack(name: str, **sections: object) -> Stack:
+    workdir = make_workdir(f"amzguard-{name}-")
+    socket_path = workdir / "amzguard.sock"
+    socket = f"unix:{socket_path}"
+    config = write_config(workdir / "amzguard.yml", socket, **sections)
+    milter = MilterProcess(config, socket, workdir / "amzguard.log", group="postfix").start()
+    (workdir / "postfix").mkdir(mode=0o755)
+    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=f"regexp:{TRANSPORT_MAP}")
+    try:
+        postfix.start()
+    except Exception:
+        milter.stop()
+        raise
+    return Stack(postfix=postfix, milter=milter, workdir=workdir)
+
+
+def stop_stack(stack: Stack) -> None:
+    try:
+        stack.postfix.stop()
+    finally:
+        stack.milter.stop()
+        shutil.rmtree(stack.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """Review channel on, restricted to the review mailer's sender address; everything else default."""
+    started = start_stack(
+        "e2e",
+        channels={"review": {"enabled": True, "token": "t3st-review-token-7Qx9Lm2",
+                             "allowed_senders": [REVIEW_SENDER]}},  # fmt: skip
+    )
+    yield started
+    stop_stack(started)
