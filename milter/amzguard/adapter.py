@@ -49,10 +49,13 @@ class Snapshot:
 
     config: Config
     policy: Policy
+    wanted_headers: frozenset[str]
+    """Lower-case names of the header fields the policy reads; computed once, checked per header."""
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:
-        return cls(config=config, policy=Policy.from_settings(config.policy))
+        policy = Policy.from_settings(config.policy)
+        return cls(config=config, policy=policy, wanted_headers=policy.wanted_headers())
 
 
 class Runtime:
@@ -190,7 +193,7 @@ class AmzguardMilter(Milter.Base):
     def header(self, name: str, value: str) -> int:
         key = name.casefold() if isinstance(name, str) else str(name).casefold()
         self.header_counts[key] = self.header_counts.get(key, 0) + 1
-        if key in self.snapshot.policy.wanted_headers() and self.header_counts[key] <= MAX_FIELDS_PER_HEADER:
+        if key in self.snapshot.wanted_headers and self.header_counts[key] <= MAX_FIELDS_PER_HEADER:
             if isinstance(value, bytes):
                 value = value.decode("utf-8", "surrogateescape")
             self.headers.append((name, value[:MAX_HEADER_VALUE]))
