@@ -122,9 +122,13 @@ def _unquote_local(local: str) -> str:
     return "".join(out)
 
 
+# Never part of a domain; dropping them can only make a look-alike more, not less, likely to match.
+_NOT_IN_DOMAINS = frozenset('"()<>\\@,;')
+
+
 def normalise_domain(domain: str) -> str:
     """Case-fold and tidy a domain so that every spelling of one DNS name compares equal."""
-    domain = "".join(domain.split())  # white space never belongs in a domain
+    domain = "".join(ch for ch in domain if ch not in _NOT_IN_DOMAINS and ch.isprintable() and not ch.isspace())
     domain = unicodedata.normalize("NFKC", domain.translate(_IDNA_DOTS)).translate(_IDNA_DOTS)
     return domain.casefold().strip(".")
 
@@ -159,7 +163,9 @@ def format_address(local: str, domain: str) -> str:
         or local.startswith(".")
         or local.endswith(".")
         or ".." in local
-        or any(char not in _ATEXT and ord(char) < 128 for char in local)
+        or any(
+            (char not in _ATEXT and ord(char) < 128) or char.isspace() or not char.isprintable() for char in local
+        )
     )
     if needs_quotes:
         escaped = local.replace("\\", "\\\\").replace('"', '\\"')
