@@ -13,7 +13,7 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 RUN_PACKAGES  := libmilter-dev gcc
 TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks
 
-.PHONY: run test check-config system-run system-test venv clean
+.PHONY: run test soak check-config system-run system-test venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -22,6 +22,10 @@ run: system-run $(STAMP)
 
 test: system-test $(STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# The long soak (the test suite runs a short one): memory and descriptors of the milter over 10,000 messages.
+soak: system-test $(STAMP)
+	SOAK_MESSAGES=$${SOAK_MESSAGES:-10000} $(VENV_PY) -m pytest -s tests/e2e/test_soak.py
 
 check-config: $(STAMP)
 	$(VENV)/bin/amzguard check-config -c etc/amzguard.yml
