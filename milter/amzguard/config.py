@@ -158,6 +158,8 @@ def _read_token(review: _Section, base: Path | None, enabled: bool) -> bytes:
             raise review.error("token_file", f"a UTF-8 text file ({path})") from None
         _warn_if_world_readable(path, "channels.review.token_file")
         inline = text
+    elif inline and base is not None:
+        _warn_if_world_readable(base, "channels.review.token (inline secret in the config file)")
     token = inline.strip()
     if token and (len(token) < 16 or not token.isascii() or any(ch.isspace() for ch in token)):
         raise review.error("token", "at least 16 printable ASCII characters without spaces")
@@ -170,7 +172,7 @@ def _warn_if_world_readable(path: Path, what: str) -> None:
     except OSError:
         return
     if mode & stat.S_IROTH:
-        log.warning("%s: %s is readable by every user; chmod o-r it (it holds the review secret)", what, path)
+        log.warning("%s: %s is readable by every user; chmod o-r it (it holds the review secret)", path, what)
 
 
 def _parse_mode(section: _Section, key: str, default: int) -> int:

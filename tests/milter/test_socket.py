@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +34,12 @@ def milter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilterProcess]:
 
 def eom_kinds(replies) -> list[str]:
     return [reply.command for reply in replies]
+
+
+def test_socket_is_not_world_writable(milter: MilterProcess) -> None:
+    mode = os.stat(milter.socket[len("unix:"):]).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o660
 
 
 def test_negotiates_only_what_it_uses(milter: MilterProcess) -> None:

@@ -162,3 +162,16 @@ def test_run_refuses_broken_config_before_listening(tmp_path: Path) -> None:
     result = run_cli("run", "-c", str(conf), "--socket", f"unix:{tmp_path}/s.sock")
     assert result.returncode == 2 and "mode: expected" in result.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_inline_secret_in_world_readable_config_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conf = tmp_path / "amzguard.yml"
+    conf.write_text("channels:\n  review:\n    enabled: true\n    token: abcdefghijklmnopqrstuvwx\n")
+    conf.chmod(0o640)
+    load_config(conf)
+    assert "readable by every user" not in caplog.text
+    conf.chmod(0o644)
+    load_config(conf)
+    assert f"{conf.resolve()}: channels.review.token (inline secret in the config file) is readable by every user" in (
+        caplog.text
+    )
