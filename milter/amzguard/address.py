@@ -242,3 +242,27 @@ def classify_recipient(raw: object, patterns: BuyerPatterns) -> Recipient:
     stripped = strip_marker(address.local, patterns.marked_prefixes)
     unmarked = format_address(stripped, address.domain) if stripped else None
     return Recipient(address=address, relay=relay, marked=marked, unmarked=unmarked)
+
+
+def buyer_key(address: Address, marked_prefixes: tuple[str, ...]) -> str:
+    """The one spelling under which the opt-out register and the review records know a buyer.
+
+    Amazon writes the same buyer's relay address with or without a ``+<case id>`` sub-address and in any
+    letter case, and shop plugins put a marker (``blacklisted-``) in front of it; all of these must hit the
+    same register entry. So the key is the local part without the marker, cut at its first ``+``, case
+    folded, then ``@`` and the normalised domain. Empty when nothing is left (no local part or domain).
+    """
+    local = address.local
+    unmarked = strip_marker(local, marked_prefixes)
+    if unmarked is not None:
+        local = unmarked
+    local = local.split("+", 1)[0].strip()
+    if not local or not address.domain:
+        return ""
+    return f"{local.casefold()}@{address.domain}"
+
+
+def recipient_keys(recipient: Recipient, marked_prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """Register keys for every mailbox a recipient may be routed to (see ``routed_forms``)."""
+    keys = (buyer_key(form, marked_prefixes) for form in routed_forms(recipient.address))
+    return tuple(dict.fromkeys(key for key in keys if key))

@@ -64,11 +64,13 @@ def stop_stack(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    """Review channel on, restricted to the review mailer's sender address; everything else default."""
+    """Every channel restricted to the review mailer's sender address (so mail from other senders to a
+    buyer is refused at RCPT); review channel on; everything else default."""
+    only_review_sender = {"allowed_senders": [REVIEW_SENDER]}
     started = start_stack(
         "e2e",
-        channels={"review": {"enabled": True, "token": "t3st-review-token-7Qx9Lm2",
-                             "allowed_senders": [REVIEW_SENDER]}},  # fmt: skip
+        channels={"review": {"enabled": True, "token": "t3st-review-token-7Qx9Lm2", **only_review_sender},
+                  "reply": only_review_sender, "critical": only_review_sender},  # fmt: skip
     )
     yield started
     stop_stack(started)

@@ -92,7 +92,9 @@ def test_bad_tag_is_untagged_and_still_removed(milter: MilterProcess, value: str
 
 
 def test_local_submission_is_never_refused_at_rcpt(tmp_path: Path) -> None:
-    proc = start(tmp_path, "review-off", channels={"review": {"enabled": False}})
+    # No channel at all (reply and critical are on by default), so a buyer is refused at RCPT on SMTP.
+    no_channels = {name: {"enabled": False} for name in ("review", "reply", "critical")}
+    proc = start(tmp_path, "review-off", channels=no_channels)
     try:
         with FakeMta(proc.socket) as mta:
             rcpts, eom = mta.message("<shop@shop.test>", [BUYER], peer=("client.example.net", "192.0.2.7", 4025))
