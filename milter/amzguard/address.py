@@ -11,11 +11,15 @@ Pure code: no I/O, no pymilter.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
 # Dots that IDNA maps to U+002E: an SMTPUTF8 domain written with them routes like the ASCII one.
 _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+# A normalised (lower-case, ASCII) DNS name with at least two labels.
+DOMAIN_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 
 # Characters allowed unquoted in a dot-atom local part (RFC 5322 atext plus the dot).
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")

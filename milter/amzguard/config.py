@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .address import BuyerPatterns, normalise_domain
+from .address import DOMAIN_NAME_RE, BuyerPatterns, normalise_domain
 from .policy import (
     CriticalChannelSettings,
     MissingOrderId,
@@ -110,7 +110,7 @@ _SOCKET_RE = re.compile(
     re.X,
 )
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_DOMAIN_RE = DOMAIN_NAME_RE
 _SENDER_RE = re.compile(r"^[^@\s]*@[^@\s]+$")
 
 T = TypeVar("T")

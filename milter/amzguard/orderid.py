@@ -38,28 +38,33 @@ def decoded_header(value: str) -> str:
         return value
 
 
+def part_text(part: Message) -> str:
+    """The decoded text of one non-multipart part as a reader sees it (HTML tags and entities removed)."""
+    try:
+        payload = part.get_payload(decode=True)
+    except (ValueError, LookupError, AssertionError):
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        payload = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        text = payload.decode(charset, "replace")
+    except LookupError:
+        text = payload.decode("utf-8", "replace")
+    if part.get_content_subtype() == "html":
+        # Entities such as &#45; hide an order id's hyphens from the pattern.
+        text = html.unescape(re.sub(r"<[^>]*>", " ", text))
+    return text
+
+
 def _part_texts(message: Message) -> Iterable[str]:
     for count, part in enumerate(message.walk()):
         if count >= MAX_PARTS:
             return
         if part.is_multipart() or part.get_content_maintype() not in ("text", "message"):
             continue
-        try:
-            payload = part.get_payload(decode=True)
-        except (ValueError, LookupError, AssertionError):
-            payload = None
-        if not isinstance(payload, bytes):
-            raw = part.get_payload()
-            payload = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            text = payload.decode(charset, "replace")
-        except LookupError:
-            text = payload.decode("utf-8", "replace")
-        if part.get_content_subtype() == "html":
-            # Entities such as &#45; or &ndash; hide the hyphens from the pattern; tags may split nothing.
-            text = html.unescape(re.sub(r"<[^>]*>", " ", text))
-        yield text
+        yield part_text(part)
 
 
 def order_id_in_body(content_headers: Iterable[tuple[str, str]], body: bytes) -> str | None:
