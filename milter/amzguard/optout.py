@@ -133,6 +133,7 @@ class OptOutStore:
             raise StoreError(f"{self.path}: cannot create the store: {exc.strerror}") from None
         log.warning("created a new, empty store at %s", self.path)
         try:
+            os.fchmod(fd, FILE_MODE)  # not narrowed by the umask: the group may be the pipe user's
             if os.geteuid() == 0:
                 parent = os.stat(self.path.parent)
                 os.fchown(fd, parent.st_uid, parent.st_gid)

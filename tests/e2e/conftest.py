@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +38,28 @@ class Stack:
         self.milter.start()
 
 
-def start_stack(name: str, **sections: object) -> Stack:
+def start_stack(
+    name: str,
+    *,
+    prepare: Callable[[Path], None] | None = None,
+    transport_maps: str = "",
+    extra_master_cf: str = "",
+    **sections: object,
+) -> Stack:
+    """``sections`` go into the amzguard config; ``prepare(workdir)`` runs before anything starts;
+    ``transport_maps`` are listed after the shipped map; ``extra_master_cf`` adds Postfix services
+    (``{workdir}`` in it is replaced by the stack's directory)."""
     workdir = make_workdir(f"amzguard-{name}-")
+    if prepare is not None:
+        prepare(workdir)
     socket_path = workdir / "amzguard.sock"
     socket = f"unix:{socket_path}"
     config = write_config(workdir / "amzguard.yml", socket, **sections)
     milter = MilterProcess(config, socket, workdir / "amzguard.log", group="postfix").start()
     (workdir / "postfix").mkdir(mode=0o755)
-    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=f"regexp:{TRANSPORT_MAP}")
+    maps = ", ".join(filter(None, [f"regexp:{TRANSPORT_MAP}", transport_maps]))
+    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps,
+                              extra_master_cf=extra_master_cf.replace("{workdir}", str(workdir)))  # fmt: skip
     try:
         postfix.start()
     except Exception:

@@ -38,7 +38,7 @@ def test_add_remove_list_are_idempotent_and_counted(cli: Cli) -> None:
     done = cli("add", "Q7X2K9M4P1Z8W3V5+case9@marketplace.amazon.de", "<blacklisted-40417@amazon.fr>")
     assert (done.returncode, done.stdout) == (0, "added 2, already registered 0, skipped 0\n")
     assert "created a new, empty store" in done.stderr
-    assert cli.db.stat().st_mode & 0o007 == 0  # buyer addresses: nothing for other users
+    assert cli.db.stat().st_mode & 0o777 == 0o660  # buyer addresses: nothing for other users
     done = cli("add", "q7x2k9m4p1z8w3v5@marketplace.amazon.de", "not-an-address", "--order", "302-1234567-7654321")
     assert done.returncode == 1
     assert done.stdout == "added 0, already registered 1, skipped 1\n"

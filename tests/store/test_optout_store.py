@@ -45,16 +45,10 @@ def test_register_is_idempotent_and_counted(tmp_path: Path) -> None:
 def test_new_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     OptOutStore(path).check()
-    assert path.stat().st_mode & 0o777 == FILE_MODE & ~_umask()
+    assert path.stat().st_mode & 0o777 == FILE_MODE == 0o660
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_review_records_and_retention(tmp_path: Path) -> None:
