@@ -300,7 +300,9 @@ class AmzguardMilter(Milter.Base):
         """Log a store failure; True when the message must be tempfailed (``store.on_error``)."""
         # TODO(lead, after merging issue 3's metrics.py): count store failures here, e.g.
         # amzguard_store_errors_total{stage="look-up"|"record"}; they are not decisions, so no enum covers them.
-        tempfail = needed and self.snapshot.config.store.on_error == "tempfail"
+        # Monitor mode changes nothing in the mail flow, not even for a broken store.
+        settings = self.snapshot.policy.settings
+        tempfail = needed and self.snapshot.config.store.on_error == "tempfail" and settings.mode is Mode.ENFORCE
         consequence = "message tempfailed" if tempfail else "message judged without it"
         log.error("%s: opt-out store unavailable (%s): %s; %s (store.on_error=%s)", self.queue_id(), what, exc,
                   consequence, self.snapshot.config.store.on_error)  # fmt: skip

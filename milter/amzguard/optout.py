@@ -90,7 +90,8 @@ class Counts:
 
 
 class OptOutStore:
-    """Thread-safe handle on the store file; each thread gets its own SQLite connection."""
+    """Thread-safe handle on the store file; each thread (in the milter: each MTA connection) gets its own
+    SQLite connection, closed when that thread state ends."""
 
     def __init__(
         self, path: Path, retention_days: int = 730, busy_timeout: float = BUSY_TIMEOUT,
@@ -144,7 +145,9 @@ class OptOutStore:
         if self._identity() is None:
             self._create_file()
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            # Per Python thread state, which pymilter keeps per MTA connection; libmilter may run that
+            # connection's callbacks on different OS threads, one at a time, hence no same-thread check.
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
         try:

@@ -35,7 +35,9 @@ ADDRESS_COLUMNS = ("address", "buyer", "email", "e-mail")
 
 def add_parser(commands: argparse._SubParsersAction, with_config: Callable[[argparse.ArgumentParser], object]) -> None:
     """Register ``optout`` and its subcommands on the main parser."""
-    optout = commands.add_parser("optout", help="manage the opt-out register (add, remove, list, import, export, learn)")
+    optout = commands.add_parser(
+        "optout", help="manage the opt-out register (add, remove, list, import, export, learn)"
+    )
     sub = optout.add_subparsers(dest="optout_command", required=True, metavar="SUBCOMMAND")
     add = sub.add_parser("add", help="register buyer addresses as opted out")
     add.add_argument("addresses", nargs="+", metavar="ADDRESS")

@@ -149,7 +149,8 @@ def _buyer_keys(addresses: Iterable[str], patterns: BuyerPatterns) -> tuple[str,
 
 
 def _original_recipients(original: Message) -> list[str]:
-    fields = [str(value) for name in ("To", "Cc", "Delivered-To", "X-Original-To") for value in original.get_all(name, [])]
+    names = ("To", "Cc", "Delivered-To", "X-Original-To")
+    fields = [str(value) for name in names for value in original.get_all(name, [])]
     return [address for _, address in getaddresses(fields) if address]
 
 

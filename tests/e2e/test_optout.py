@@ -39,7 +39,8 @@ NO_ORDER_TEXT = DEFAULT_REASON_TEXTS[Reason.NO_ORDER_ID]
 SYSTEM_PYTHON = "/usr/bin/python3"
 PIPE_SERVICE = f"""\
 amzguard-optout unix -  n       n       -       1       pipe
-  user=nobody argv=/usr/bin/env PYTHONPATH={REPO}/milter {SYSTEM_PYTHON} -m amzguard optout learn -c {{workdir}}/amzguard.yml
+  user=nobody argv=/usr/bin/env PYTHONPATH={REPO}/milter {SYSTEM_PYTHON} -m amzguard
+  optout learn -c {{workdir}}/amzguard.yml
 """
 
 

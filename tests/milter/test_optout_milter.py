@@ -92,7 +92,8 @@ def test_opted_out_buyer_gets_reply_and_critical_but_no_review(milter: MilterPro
             kwargs = {"peer": peer} if peer else {}
             _, eom = mta.message("<reviews@shop.test>", [OPTED], headers=review, **kwargs)
         code, text = eom_reply(eom)
-        assert code == "550" and text == f"5.7.1 <blacklisted-90210@amazon.it>: {DEFAULT_REASON_TEXTS[Reason.OPTED_OUT]}"
+        assert code == "550"
+        assert text == f"5.7.1 <blacklisted-90210@amazon.it>: {DEFAULT_REASON_TEXTS[Reason.OPTED_OUT]}"
     assert store.buyer_for_order("303-3333333-4444444") is None  # a refused request is not recorded
     # Mixed recipients: the others get it, the buyer is swapped for the opted-out stand-in.
     with FakeMta(milter.socket) as mta:
@@ -178,3 +179,14 @@ def test_thread_check_needs_the_buyers_message_to_have_passed(tmp_path: Path) ->
         with FakeMta(proc.socket) as mta:  # the same thread does not open the door to another buyer
             _, eom = mta.message("<support@shop.test>", [other_buyer], headers=reply)
         assert eom_reply(eom)[0] == "550"
+
+
+def test_unusable_store_in_monitor_mode_changes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "store.sqlite"
+    with start(tmp_path, "monitor", mode="monitor", store={"path": str(missing)}) as proc:
+        with FakeMta(proc.socket) as mta:
+            _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-1212121-3434343")],
+                                 queue_id="4MONITOR01")  # fmt: skip
+        assert [reply.command for reply in eom] == [c.SMFIR_ACCEPT]
+        proc.wait_log("4MONITOR01: opt-out store unavailable (look-up)")
+        proc.wait_log("message judged without it (store.on_error=tempfail)")

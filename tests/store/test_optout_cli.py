@@ -75,7 +75,8 @@ def test_export_and_import_round_trip_in_both_formats(cli: Cli, tmp_path: Path) 
     assert cli("import", str(csv_file)).stdout.endswith("added 0, already registered 3, skipped 0\n")
     assert [e.order_id for e in OptOutStore(cli.db).entries()] == [None, "302-1234567-7654321", None]
     # one address a line from stdin, with comments, blank lines and garbage
-    text = b"# help desk 'blocked customers'\n\nz9z9@marketplace.amazon.it\nq7x2k9m4p1z8w3v5@marketplace.amazon.de\nfoo\n"
+    text = (b"# help desk 'blocked customers'\n\n"
+            b"z9z9@marketplace.amazon.it\nq7x2k9m4p1z8w3v5@marketplace.amazon.de\nfoo\n")  # fmt: skip
     done = cli("import", "-", stdin=text)
     assert done.returncode == 1
     assert done.stdout == "imported -: added 1, already registered 1, skipped 1\n"
@@ -102,8 +103,10 @@ def test_import_csv_with_other_columns_and_without_header(cli: Cli, tmp_path: Pa
 
 
 def test_learn_from_files_and_stdin(cli: Cli) -> None:
-    OptOutStore(cli.db).record([ReviewSent("302-1000001-2000001", "a1a1a1a1a1a1a1a1@marketplace.amazon.com"),
-                                ReviewSent("302-1000002-2000002", "b2b2b2b2b2b2b2b2@marketplace.amazon.de")])  # fmt: skip
+    OptOutStore(cli.db).record([
+        ReviewSent("302-1000001-2000001", "a1a1a1a1a1a1a1a1@marketplace.amazon.com"),
+        ReviewSent("302-1000002-2000002", "b2b2b2b2b2b2b2b2@marketplace.amazon.de"),
+    ])  # fmt: skip
     done = cli("learn", str(NOTICES / "en_order_only.eml"), str(NOTICES / "en_with_original.eml"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
