@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print(f"amzguard: configuration error: {exc}", file=sys.stderr)
-        return 2
+        # As a pipe(8) transport, `optout learn` must make Postfix keep the notice until the config is fixed.
+        return optout_cli.EX_TEMPFAIL if getattr(args, "optout_command", None) == "learn" else 2
     if args.command == "check-config":
         print(f"configuration OK: {path}")
         return 0

@@ -142,3 +142,10 @@ def test_unusable_store_is_a_temporary_failure(cli: Cli, tmp_path: Path) -> None
     assert done.returncode == 75  # EX_TEMPFAIL: Postfix's pipe keeps the notice and retries
     assert "opt-out store unavailable" in done.stderr and "cannot create the store" in done.stderr
     assert cli("list").returncode == 75
+
+
+def test_config_error_makes_learn_a_temporary_failure(cli: Cli) -> None:
+    cli.config.write_text("store:\n  pathh: x\n")
+    done = cli("learn", str(NOTICES / "en_order_only.eml"))
+    assert done.returncode == 75 and "store.pathh: unknown key" in done.stderr
+    assert cli("list").returncode == 2
