@@ -12,7 +12,7 @@ import functools
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import Milter
@@ -20,6 +20,7 @@ import Milter
 from .address import Address, Recipient, classify_recipient, parse_address
 from .config import Config
 from .decision_log import decision_line
+from .optout import OptOutStore, StoreError
 from .policy import (
     AddRecipient,
     Decision,
@@ -29,6 +30,9 @@ from .policy import (
     MessagePlan,
     Mode,
     Policy,
+    ReplyCheck,
+    ReviewSent,
+    StoreQuestions,
     SubmissionPath,
 )
 
@@ -39,6 +43,9 @@ MAX_HEADER_VALUE = 8192
 """Only short header fields matter to the policy (tags, subjects); longer ones are cut to bound memory."""
 
 TEMPFAIL_TEXT = "amzguard internal error, try again later"
+STORE_TEMPFAIL_TEXT = "amzguard opt-out store unavailable, try again later"
+MAX_BODY_SCAN = 256 * 1024
+"""Bytes of a review request's body searched for its order id; the id is near the top in practice."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,13 +56,23 @@ class Snapshot:
 
     config: Config
     policy: Policy
+    store: OptOutStore
     wanted_headers: frozenset[str]
     """Lower-case names of the header fields the policy reads; computed once, checked per header."""
 
     @classmethod
-    def of(cls, config: Config) -> Snapshot:
+    def of(cls, config: Config, previous: Snapshot | None = None) -> Snapshot:
+        # The store object (its connections, its review lock) survives a reload that leaves it as it was.
+        if previous is not None and previous.config.store == config.store:
+            store = previous.store
+        else:
+            store = OptOutStore(config.store.path, config.store.retention_days)
         policy = Policy.from_settings(config.policy)
-        return cls(config=config, policy=policy, wanted_headers=policy.wanted_headers())
+        return cls(config=config, policy=policy, store=store, wanted_headers=policy.wanted_headers())
+
+    def uses_store(self) -> bool:
+        settings = self.policy.settings
+        return settings.review.enabled or (settings.reply.enabled and settings.reply.check is ReplyCheck.THREAD)
 
 
 class Runtime:
@@ -63,9 +80,23 @@ class Runtime:
 
     def __init__(self, config: Config) -> None:
         self.snapshot = Snapshot.of(config)
+        check_store(self.snapshot)
 
     def swap(self, config: Config) -> None:
-        self.snapshot = Snapshot.of(config)
+        self.snapshot = Snapshot.of(config, previous=self.snapshot)
+        check_store(self.snapshot)
+
+
+def check_store(snapshot: Snapshot) -> None:
+    """Say at start (and reload) whether the store the config needs can be used, instead of at the first
+    review request; the milter runs either way (a store that appears later is picked up)."""
+    if not snapshot.uses_store():
+        return
+    try:
+        snapshot.store.check()
+    except StoreError as exc:
+        log.error("opt-out store unavailable: %s; messages that need it get store.on_error=%s",
+                  exc, snapshot.config.store.on_error)  # fmt: skip
 
 
 def submission_path(hostname: str, hostaddr: object) -> SubmissionPath:
@@ -117,9 +148,14 @@ class AmzguardMilter(Milter.Base):
 
     def negotiate(self, opts: list[int]) -> int:
         """Ask only for the actions amzguard uses, so the MTA knows nothing else will be requested."""
+        self._offered_protocol = opts[1]
         result = super().negotiate(opts)
         opts[0] &= MILTER_ACTIONS
         self._actions = opts[0]
+        if not self.snapshot.policy.wants_body_step():
+            # Only review requests are read (for their order id); without that channel, no body at all.
+            self._protocol |= self._offered_protocol & Milter.P_NOBODY
+            opts[1] = self._protocol
         return result
 
     # -- per-message state -------------------------------------------------------------------------
@@ -129,6 +165,8 @@ class AmzguardMilter(Milter.Base):
         self.recipients: list[Recipient] = []
         self.headers: list[tuple[str, str]] = []
         self.header_counts: dict[str, int] = {}
+        self._body = bytearray()
+        self._body_wanted: bool | None = None
         self.failed_stage = None
 
     def queue_id(self) -> str:
@@ -199,18 +237,83 @@ class AmzguardMilter(Milter.Base):
             self.headers.append((name, value[:MAX_HEADER_VALUE]))
         return Milter.CONTINUE
 
+    @guarded("body", replies=False)
+    def body(self, chunk: bytes) -> int:
+        """Read the body only of a tagged review request whose subject lacks the order id, and only its
+        first ``MAX_BODY_SCAN`` bytes; every other message is told to skip the rest of its body."""
+        if self._body_wanted is None:
+            self._body_wanted = self.snapshot.policy.wants_body(self._facts())
+        if self._body_wanted and len(self._body) < MAX_BODY_SCAN:
+            self._body += chunk[: MAX_BODY_SCAN - len(self._body)]
+            if len(self._body) < MAX_BODY_SCAN:
+                return Milter.CONTINUE
+        return Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE
+
+    def _facts(self) -> MessageFacts:
+        return MessageFacts(sender=self.sender, path=self.path, headers=tuple(self.headers))
+
     @guarded("eom", replies=True)
     def eom(self) -> int:
         if self.failed_stage:
             log.error("%s: message not judged after failure in %s callback", self.queue_id(), self.failed_stage)
             return self.error_reply()
+        facts = self.snapshot.policy.read_order_id(self._facts(), bytes(self._body))
+        questions = self.snapshot.policy.store_questions(facts, self.recipients)
+        if not questions:
+            return self._judge(facts)
+        store = self.snapshot.store
+        with store.review_lock:  # from look-up to record: a second request for the order waits here
+            try:
+                facts = self._answer(store, questions, facts)
+            except StoreError as exc:
+                if self._store_failed(exc, "look-up"):
+                    return self._store_tempfail()
+            return self._judge(facts)
+
+    @staticmethod
+    def _answer(store: OptOutStore, questions: StoreQuestions, facts: MessageFacts) -> MessageFacts:
+        return replace(
+            facts,
+            opted_out=store.opted_out(questions.buyer_keys),
+            reviewed_orders=store.reviewed_orders([questions.order_id] if questions.order_id else []),
+            thread_senders=store.thread_senders(questions.message_ids),
+        )
+
+    def _judge(self, facts: MessageFacts) -> int:
         policy = self.snapshot.policy
-        facts = MessageFacts(sender=self.sender, path=self.path, headers=tuple(self.headers))
         decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
+        plan = policy.plan(facts, decisions, self.header_counts)
+        records = policy.store_records(facts, decisions) if plan.reject is None else ()
+        if records:
+            try:
+                self.snapshot.store.record(records)
+            except StoreError as exc:
+                # Forgetting a review request would let a second one through: that message waits. A buyer
+                # message not remembered only weakens a later thread check: that message goes on.
+                must_record = any(isinstance(record, ReviewSent) for record in records)
+                if self._store_failed(exc, "record", must_record):
+                    return self._store_tempfail()
+        if facts.order_id:
+            log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
         for decision in decisions:
             self._log_decision(decision, "eom")
-        plan = policy.plan(facts, decisions, self.header_counts)
         return self._apply(plan)
+
+    def _store_failed(self, exc: StoreError, what: str, needed: bool = True) -> bool:
+        """Log a store failure; True when the message must be tempfailed (``store.on_error``)."""
+        # TODO(lead, after merging issue 3's metrics.py): count store failures here, e.g.
+        # amzguard_store_errors_total{stage="look-up"|"record"}; they are not decisions, so no enum covers them.
+        # Monitor mode changes nothing in the mail flow, not even for a broken store.
+        settings = self.snapshot.policy.settings
+        tempfail = needed and self.snapshot.config.store.on_error == "tempfail" and settings.mode is Mode.ENFORCE
+        consequence = "message tempfailed" if tempfail else "message judged without it"
+        log.error("%s: opt-out store unavailable (%s): %s; %s (store.on_error=%s)", self.queue_id(), what, exc,
+                  consequence, self.snapshot.config.store.on_error)  # fmt: skip
+        return tempfail
+
+    def _store_tempfail(self) -> int:
+        self.setreply("451", "4.7.1", STORE_TEMPFAIL_TEXT)
+        return Milter.TEMPFAIL
 
     @guarded("abort", replies=False)
     def abort(self) -> int:
@@ -218,6 +321,13 @@ class AmzguardMilter(Milter.Base):
         return Milter.CONTINUE
 
     def close(self) -> int:
+        # The store keeps one SQLite connection per MTA connection (per pymilter thread state); Python
+        # does not reliably free thread-local data of C-created thread states, so close it here, or every
+        # SMTP session would leave its file descriptors open.
+        try:
+            self.snapshot.store.close()
+        except Exception:
+            log.exception("closing the opt-out store connection failed")
         return Milter.CONTINUE
 
     # -- applying the plan -------------------------------------------------------------------------

@@ -11,11 +11,15 @@ Pure code: no I/O, no pymilter.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
 # Dots that IDNA maps to U+002E: an SMTPUTF8 domain written with them routes like the ASCII one.
 _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+# A normalised (lower-case, ASCII) DNS name with at least two labels.
+DOMAIN_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 
 # Characters allowed unquoted in a dot-atom local part (RFC 5322 atext plus the dot).
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")
@@ -126,11 +130,25 @@ def _unquote_local(local: str) -> str:
 _NOT_IN_DOMAINS = frozenset('"()<>\\@,;')
 
 
+def _normalise_domain_once(domain: str) -> str:
+    domain = unicodedata.normalize("NFKC", domain.translate(_IDNA_DOTS))
+    domain = unicodedata.normalize("NFKC", domain.casefold()).translate(_IDNA_DOTS)
+    kept = "".join(ch for ch in domain if ch not in _NOT_IN_DOMAINS and ch.isprintable() and not ch.isspace())
+    return kept.strip(".")
+
+
 def normalise_domain(domain: str) -> str:
-    """Case-fold and tidy a domain so that every spelling of one DNS name compares equal."""
-    domain = "".join(ch for ch in domain if ch not in _NOT_IN_DOMAINS and ch.isprintable() and not ch.isspace())
-    domain = unicodedata.normalize("NFKC", domain.translate(_IDNA_DOTS)).translate(_IDNA_DOTS)
-    return domain.casefold().strip(".")
+    """Case-fold and tidy a domain so that every spelling of one DNS name compares equal.
+
+    Unicode normalisation can add characters (NFKC turns U+00B4 into a space and a combining accent) and
+    dropping characters can enable new compositions, so the steps are repeated until nothing changes.
+    """
+    for _ in range(4):
+        normalised = _normalise_domain_once(domain)
+        if normalised == domain:
+            break
+        domain = normalised
+    return domain
 
 
 def parse_address(raw: object) -> Address:
@@ -248,3 +266,27 @@ def classify_recipient(raw: object, patterns: BuyerPatterns) -> Recipient:
     stripped = strip_marker(address.local, patterns.marked_prefixes)
     unmarked = format_address(stripped, address.domain) if stripped else None
     return Recipient(address=address, relay=relay, marked=marked, unmarked=unmarked)
+
+
+def buyer_key(address: Address, marked_prefixes: tuple[str, ...]) -> str:
+    """The one spelling under which the opt-out register and the review records know a buyer.
+
+    Amazon writes the same buyer's relay address with or without a ``+<case id>`` sub-address and in any
+    letter case, and shop plugins put a marker (``blacklisted-``) in front of it; all of these must hit the
+    same register entry. So the key is the local part without the marker, cut at its first ``+``, case
+    folded, then ``@`` and the normalised domain. Empty when nothing is left (no local part or domain).
+    """
+    local = address.local
+    unmarked = strip_marker(local, marked_prefixes)
+    if unmarked is not None:
+        local = unmarked
+    local = local.split("+", 1)[0].strip()
+    if not local or not address.domain:
+        return ""
+    return f"{local.casefold()}@{address.domain}"
+
+
+def recipient_keys(recipient: Recipient, marked_prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """Register keys for every mailbox a recipient may be routed to (see ``routed_forms``)."""
+    keys = (buyer_key(form, marked_prefixes) for form in routed_forms(recipient.address))
+    return tuple(dict.fromkeys(key for key in keys if key))

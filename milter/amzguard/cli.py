@@ -1,4 +1,4 @@
-"""Command line: ``amzguard run`` and ``amzguard check-config``."""
+"""Command line: ``amzguard run``, ``amzguard check-config`` and ``amzguard optout …`` (see optout_cli.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, optout_cli
 from .config import ConfigError, config_path_from_env, load_config
 
 LOG_FORMAT = "amzguard[%(process)d]: %(levelname)s: %(message)s"
@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config(commands.add_parser("run", help="run the milter in the foreground"))
     run.add_argument("--socket", metavar="SPEC", help="override milter.socket (unix:/path, inet:PORT@HOST)")
     with_config(commands.add_parser("check-config", help="validate the config file and exit"))
+    optout_cli.add_parser(commands, with_config)
     return parser
 
 
@@ -39,10 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print(f"amzguard: configuration error: {exc}", file=sys.stderr)
-        return 2
+        # As a pipe(8) transport, `optout learn` must make Postfix keep the notice until the config is fixed.
+        return optout_cli.EX_TEMPFAIL if getattr(args, "optout_command", None) == "learn" else 2
     if args.command == "check-config":
         print(f"configuration OK: {path}")
         return 0
+    if args.command == "optout":
+        logging.basicConfig(level=logging.WARNING, format="amzguard: %(message)s", stream=sys.stderr)
+        return optout_cli.run(args, config)
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 

@@ -18,8 +18,18 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .address import BuyerPatterns, normalise_domain
-from .policy import MixedRecipients, Mode, PolicySettings, ReviewChannelSettings
+from .address import DOMAIN_NAME_RE, BuyerPatterns, normalise_domain
+from .policy import (
+    CriticalChannelSettings,
+    MissingOrderId,
+    MixedRecipients,
+    Mode,
+    PolicySettings,
+    Reason,
+    ReplyChannelSettings,
+    ReplyCheck,
+    ReviewChannelSettings,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/amzguard/amzguard.yml")
 
@@ -36,6 +46,21 @@ DEFAULT_REPLY_TEXT = (
     "Amazon forbids e-mail about orders or shipping to buyers; use Seller Central (refused by amzguard)"
 )
 DEFAULT_TAG_HEADER = "X-Amzguard-Channel"
+# Keep these in line with etc/postfix/amzguard-transport.regexp (the bounce texts of the mixed case).
+DEFAULT_REASON_TEXTS: dict[Reason, str] = {
+    Reason.OPTED_OUT: "The buyer opted out of unsolicited messages; Amazon allows only replies and critical"
+    " messages (refused by amzguard)",
+    Reason.DUPLICATE_REVIEW: "This order already had its review request; Amazon allows one per order"
+    " (refused by amzguard)",
+    Reason.NO_ORDER_ID: "Review request without an Amazon order id (NNN-NNNNNNN-NNNNNNN) in subject or body"
+    " (refused by amzguard)",
+}
+REASON_TEXT_KEYS: dict[Reason, str] = {
+    Reason.OPTED_OUT: "opted_out_text",
+    Reason.DUPLICATE_REVIEW: "duplicate_review_text",
+    Reason.NO_ORDER_ID: "no_order_id_text",
+}
+DEFAULT_STORE_PATH = Path("/var/lib/amzguard/amzguard.sqlite")
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +82,23 @@ class MilterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The SQLite store: opt-out register, review requests sent, buyer messages seen."""
+
+    path: Path = DEFAULT_STORE_PATH
+    on_error: str = "tempfail"
+    """``tempfail`` or ``continue``: what a message that needs the store gets when it cannot be read."""
+    retention_days: int = 730
+    """How long review requests and buyer messages are remembered (opt-outs are kept until removed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     milter: MilterSettings
     policy: PolicySettings
     log_level: str
+    store: StoreSettings = StoreSettings()
 
 
 _SOCKET_RE = re.compile(
@@ -73,7 +110,7 @@ _SOCKET_RE = re.compile(
     re.X,
 )
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_DOMAIN_RE = DOMAIN_NAME_RE
 _SENDER_RE = re.compile(r"^[^@\s]*@[^@\s]+$")
 
 T = TypeVar("T")
@@ -189,6 +226,85 @@ def _parse_mode(section: _Section, key: str, default: int) -> int:
     return mode
 
 
+def _allowed_senders(section: _Section) -> tuple[str, ...]:
+    senders = section.get(
+        "allowed_senders",
+        [],
+        "a list of 'user@domain' or '@domain' entries",
+        lambda v: isinstance(v, list) and all(isinstance(s, str) and _SENDER_RE.match(s) for s in v),
+    )
+    return tuple(s.strip() for s in senders)
+
+
+def _parse_reply(channels: _Section) -> ReplyChannelSettings:
+    reply = channels.section("reply")
+    enabled = reply.get("enabled", True, "true or false", _is_bool)
+    check = reply.get("check", ReplyCheck.REFERENCE.value, "'reference' or 'thread'",
+                      lambda v: v in {c.value for c in ReplyCheck})  # fmt: skip
+    domains = reply.get(
+        "reference_domains",
+        [],
+        "a list of domain names (empty: buyers.relay_domains)",
+        lambda v: _is_str_list(v) and all(_DOMAIN_RE.match(normalise_domain(d)) for d in v),
+    )
+    prefixes = reply.get(
+        "subject_prefixes", [], "a list of subject prefixes such as 'Re:'",
+        lambda v: _is_str_list(v) and all(_printable_ascii(p) and len(p) <= 20 for p in v),
+    )  # fmt: skip
+    settings = ReplyChannelSettings(
+        enabled=enabled,
+        check=ReplyCheck(check),
+        reference_domains=tuple(normalise_domain(d) for d in domains),
+        subject_prefixes=tuple(p.strip() for p in prefixes),
+        allowed_senders=_allowed_senders(reply),
+    )
+    reply.done()
+    return settings
+
+
+def _parse_critical(channels: _Section) -> CriticalChannelSettings:
+    critical = channels.section("critical")
+    settings = CriticalChannelSettings(
+        enabled=critical.get("enabled", True, "true or false", _is_bool),
+        marker=critical.get(
+            "marker", "[Important]", "a subject marker of printable ASCII (max 40 characters)",
+            lambda v: _printable_ascii(v) and 0 < len(v.strip()) <= 40,
+        ).strip(),  # fmt: skip
+        allowed_senders=_allowed_senders(critical),
+    )
+    critical.done()
+    return settings
+
+
+def _parse_store(top: _Section, base: Path | None) -> StoreSettings:
+    store = top.section("store")
+    raw_path = store.get("path", str(DEFAULT_STORE_PATH), "a file path", _is_str)
+    path = Path(raw_path)
+    if not path.is_absolute() and base is not None:
+        path = base.parent / path
+    settings = StoreSettings(
+        path=path,
+        on_error=store.get("on_error", "tempfail", "'tempfail' or 'continue'", lambda v: v in ("tempfail", "continue")),
+        retention_days=store.get("retention_days", 730, "an integer number of days 1..3650",
+                                 lambda v: type(v) is int and 1 <= v <= 3650),  # fmt: skip
+    )
+    store.done()
+    return settings
+
+
+def _reason_texts(refusal: _Section) -> tuple[tuple[Reason, str], ...]:
+    return tuple(
+        (
+            reason,
+            refusal.get(
+                key, DEFAULT_REASON_TEXTS[reason], "one line of printable ASCII without '%' (max 400 characters)",
+                lambda v: _printable_ascii(v) and 0 < len(v.strip()) <= 400,
+            ).strip(),
+        )
+        for reason, key in REASON_TEXT_KEYS.items()
+    )  # fmt: skip
+
+
 def parse_config(data: object, source: str = "<config>", path: Path | None = None) -> Config:
     """Validate already-loaded YAML data into a ``Config``."""
     top = _Section(source, "", data)
@@ -241,6 +357,7 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
         "a domain name that only your transport map routes (keep it under .invalid)",
         lambda v: isinstance(v, str) and bool(_DOMAIN_RE.match(normalise_domain(v))),
     )
+    reason_texts = _reason_texts(refusal)
     refusal.done()
 
     channels = top.section("channels")
@@ -249,17 +366,18 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
     header = review.get(
         "header", DEFAULT_TAG_HEADER, "a header field name", lambda v: isinstance(v, str) and bool(_HEADER_NAME_RE.match(v))
     )
-    allowed_senders = review.get(
-        "allowed_senders",
-        [],
-        "a list of 'user@domain' or '@domain' entries",
-        lambda v: isinstance(v, list) and all(isinstance(s, str) and _SENDER_RE.match(s) for s in v),
-    )
+    allowed_senders = _allowed_senders(review)
+    one_per_order = review.get("one_per_order", True, "true or false", _is_bool)
+    missing_order_id = review.get("missing_order_id", MissingOrderId.ALLOW.value, "'allow' or 'refuse'",
+                                  lambda v: v in {m.value for m in MissingOrderId})  # fmt: skip
     token = _read_token(review, path, enabled)
     if enabled and not token:
         raise review.error("token", "a secret (token or token_file) when the review channel is enabled")
     review.done()
+    reply = _parse_reply(channels)
+    critical = _parse_critical(channels)
     channels.done()
+    store = _parse_store(top, path)
 
     mode = top.get("mode", Mode.ENFORCE.value, "'enforce' or 'monitor'", lambda v: v in {m.value for m in Mode})
     logging_section = top.section("logging")
@@ -278,18 +396,24 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
             enabled=enabled,
             header=header,
             token=token,
-            allowed_senders=tuple(s.strip() for s in allowed_senders),
+            allowed_senders=allowed_senders,
+            one_per_order=one_per_order,
+            missing_order_id=MissingOrderId(missing_order_id),
         ),
         reply_text=reply_text.strip(),
         mixed_recipients=MixedRecipients(mixed),
         bounce_domain=normalise_domain(bounce_domain),
         mode=Mode(mode),
+        reply=reply,
+        critical=critical,
+        reason_texts=reason_texts,
     )
     return Config(
         source=path,
         milter=MilterSettings(socket=socket, timeout=timeout, on_error=on_error, socket_mode=socket_mode),
         policy=policy,
         log_level=level,
+        store=store,
     )
 
 

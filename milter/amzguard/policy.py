@@ -4,18 +4,40 @@ Everything here is pure: facts in, decisions and milter actions out. The pymilte
 facts, calls in here, and applies the returned actions; tests drive this module directly.
 
 A buyer recipient (Amazon relay domain or shop-plugin marker) is refused unless a *channel rule* grants the
-message to it. Channel rules are small objects with one question each, so later channels (replies,
-critical messages, opt-outs) are added as rules, not written into the decision loop.
+message to it. Channel rules are small objects with one question each (review request, reply in the
+buyer's thread, critical message), so channels are added as rules, not written into the decision loop.
+A rule that grants may still veto (an opted-out buyer, a second review request for one order).
+
+What only a database knows (opt-outs, orders already asked for a review, messages a buyer sent us) reaches
+the policy as facts: the policy says what it needs to know (``store_questions``), the adapter looks it up
+and passes the answers in ``MessageFacts``, and the policy says what to remember (``store_records``).
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from email.utils import getaddresses
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from .address import Address, BuyerPatterns, Recipient, format_address
+from .address import (
+    Address,
+    BuyerPatterns,
+    Recipient,
+    buyer_key,
+    classify_recipient,
+    domain_matches,
+    format_address,
+    normalise_domain,
+    parse_address,
+    recipient_keys,
+)
+from .orderid import decoded_header, find_order_id, order_id_in_body
+
+T = TypeVar("T")
 
 REFUSAL_CODE = "550"
 REFUSAL_STATUS = "5.7.1"
@@ -52,6 +74,10 @@ class Channel(StrEnum):
 
     NONE = "none"
     REVIEW = "review"
+    REPLY = "reply"
+    """A reply in a thread the buyer started (In-Reply-To/References); passes an opt-out."""
+    CRITICAL = "critical"
+    """A message needed to complete the order, marked in the subject (``[Important]``); passes an opt-out."""
 
 
 class Outcome(StrEnum):
@@ -68,6 +94,29 @@ class Reason(StrEnum):
     BUYER_MAIL = "buyer-mail"
     MARKER_ONLY = "marker-only"
     """Granted by a channel, but the marked address has nothing left once the marker is removed."""
+    OPTED_OUT = "opted-out"
+    """A review request to a buyer in the opt-out register (Amazon would block it anyway)."""
+    DUPLICATE_REVIEW = "duplicate-review"
+    """A second review request for an order that already had one (Amazon allows one per order)."""
+    NO_ORDER_ID = "no-order-id"
+    """A review request without an order id, with ``missing_order_id: refuse``."""
+
+
+class MissingOrderId(StrEnum):
+    """What to do with a review request in which no order id is found."""
+
+    ALLOW = "allow"
+    REFUSE = "refuse"
+
+
+class ReplyCheck(StrEnum):
+    """How hard the reply channel looks at a claimed reply."""
+
+    REFERENCE = "reference"
+    """In-Reply-To or References names a Message-ID whose domain is an Amazon buyer relay domain."""
+    THREAD = "thread"
+    """In-Reply-To or References names a Message-ID that amzguard recorded on a message this very buyer
+    sent to the shop (through the same MTA, within the store's retention)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +126,32 @@ class ReviewChannelSettings:
     token: bytes
     allowed_senders: tuple[str, ...] = ()
     """Empty: any envelope sender may use the channel. Entries: ``user@domain`` or ``@domain``."""
+    one_per_order: bool = True
+    """Refuse a review request for an order that already had one (needs the order id and the store)."""
+    missing_order_id: MissingOrderId = MissingOrderId.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyChannelSettings:
+    """Off unless configured (the config file turns it on by default)."""
+
+    enabled: bool = False
+    check: ReplyCheck = ReplyCheck.REFERENCE
+    reference_domains: tuple[str, ...] = ()
+    """Message-ID domains that count as Amazon's (subdomains too); empty: the buyer relay domains."""
+    subject_prefixes: tuple[str, ...] = ()
+    """If set, the subject must also start with one of these (``Re:``, ``AW:``), any letter case."""
+    allowed_senders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CriticalChannelSettings:
+    """Off unless configured (the config file turns it on by default)."""
+
+    enabled: bool = False
+    marker: str = "[Important]"
+    """Must appear in the subject, anywhere, in any letter case, brackets included."""
+    allowed_senders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +162,16 @@ class PolicySettings:
     mixed_recipients: MixedRecipients = MixedRecipients.BOUNCE
     bounce_domain: str = "amzguard.invalid"
     mode: Mode = Mode.ENFORCE
+    reply: ReplyChannelSettings = ReplyChannelSettings()
+    critical: CriticalChannelSettings = CriticalChannelSettings()
+    reason_texts: tuple[tuple[Reason, str], ...] = ()
+    """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
+
+    def text_for(self, reason: Reason) -> str:
+        for listed, text in self.reason_texts:
+            if listed is reason:
+                return text
+        return self.reply_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +182,23 @@ class MessageFacts:
     path: SubmissionPath
     headers: tuple[tuple[str, str], ...] = ()
     """Only the header fields some rule asked for (see ``wanted_headers``), in message order."""
+    order_id: str | None = None
+    """The Amazon order id of a review request (see ``Policy.read_order_id``)."""
+    opted_out: frozenset[str] = frozenset()
+    """Register keys (``buyer_key``) of this message's buyer recipients that are in the opt-out register."""
+    reviewed_orders: frozenset[str] = frozenset()
+    """Order ids among the asked ones that already had a review request."""
+    thread_senders: frozenset[str] = frozenset()
+    """Register keys of the buyers who sent the messages this one refers to (In-Reply-To/References)."""
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.casefold()
         return [value for field_name, value in self.headers if field_name.casefold() == wanted]
+
+    def subject(self) -> str:
+        """The first Subject field, RFC 2047 decoded; empty if there is none."""
+        values = self.header_values("subject")
+        return " ".join(decoded_header(values[0]).split()) if values else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +227,9 @@ class ChannelRule(Protocol):
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
         """Whether the message may reach this buyer recipient through this channel."""
 
+    def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
+        """Why a message this rule grants must still not reach this buyer, or None."""
+
 
 def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
     if not allowed:
@@ -152,15 +253,98 @@ def tag_value_matches(value: str, token: bytes) -> bool:
     return hmac.compare_digest(candidate, token)
 
 
+CONTENT_HEADERS = ("content-type", "content-transfer-encoding")
+"""Needed to decode a body in which an order id is searched."""
+
+MAX_REFERENCED_IDS = 50
+"""Message-IDs read from In-Reply-To/References; a long thread names its start first and its latest last."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReviewChannel:
-    """The shop's review-request mailer tags its message with a secret; tagged mail may reach buyers."""
+    """The shop's review-request mailer tags its message with a secret; tagged mail may reach buyers,
+    except a buyer in the opt-out register and an order that already had its one review request."""
 
     settings: ReviewChannelSettings
+    marked_prefixes: tuple[str, ...] = ()
     channel: Channel = Channel.REVIEW
 
     def headers(self) -> tuple[str, ...]:
-        return (self.settings.header.casefold(),)
+        if not self.settings.enabled:
+            return (self.settings.header.casefold(),)
+        return (self.settings.header.casefold(), "subject", *CONTENT_HEADERS)
+
+    def possible(self, sender: Address) -> bool:
+        return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
+
+    def tagged(self, facts: MessageFacts) -> bool:
+        """The message carries a valid tag from a sender allowed to use the channel."""
+        if not self.possible(facts.sender):
+            return False
+        token = self.settings.token
+        return any(tag_value_matches(value, token) for value in facts.header_values(self.settings.header))
+
+    def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
+        return self.tagged(facts)
+
+    def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
+        if any(key in facts.opted_out for key in recipient_keys(recipient, self.marked_prefixes)):
+            return Reason.OPTED_OUT
+        if facts.order_id is None:
+            return Reason.NO_ORDER_ID if self.settings.missing_order_id is MissingOrderId.REFUSE else None
+        if self.settings.one_per_order and facts.order_id in facts.reviewed_orders:
+            return Reason.DUPLICATE_REVIEW
+        return None
+
+
+def message_ids(value: str) -> list[str]:
+    """The Message-IDs in an In-Reply-To/References value, without angle brackets.
+
+    RFC 5322 ids are ``<left@right>``; old mailers also wrote bare ``left@right`` or added phrases, so
+    bracketed ids are taken when there are any, else every white-space word with an ``@``.
+    """
+    bracketed = re.findall(r"<([^<>\s]+@[^<>\s]+)>", value)
+    if bracketed:
+        return bracketed
+    return [word.strip("<>,;") for word in value.split() if "@" in word.strip("<>,;")]
+
+
+def referenced_ids(facts: MessageFacts) -> tuple[str, ...]:
+    ids: list[str] = []
+    for name in ("in-reply-to", "references"):
+        for value in facts.header_values(name):
+            ids.extend(message_ids(value))
+    return tuple(dict.fromkeys(ids))[:MAX_REFERENCED_IDS]
+
+
+def _subject_starts_with(facts: MessageFacts, prefixes: tuple[str, ...]) -> bool:
+    subject = facts.subject().casefold()
+    return any(subject.startswith(prefix.casefold()) for prefix in prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyChannel:
+    """A reply in a thread the buyer started; Amazon delivers these even to buyers who opted out.
+
+    What is checked (and nothing else), see ``ReplyCheck``: ``reference`` looks only at the message's own
+    In-Reply-To/References, which the sending software writes, so it stops honest mistakes (order mail
+    that is no reply) but not software that fakes a reference; ``thread`` also needs the buyer's own
+    message to have passed this MTA, which the shop cannot fake by writing headers.
+    """
+
+    settings: ReplyChannelSettings
+    buyers: BuyerPatterns
+    channel: Channel = Channel.REPLY
+
+    def headers(self) -> tuple[str, ...]:
+        if not self.settings.enabled:
+            return ()
+        names = ["in-reply-to", "references"]
+        if self.settings.subject_prefixes:
+            names.append("subject")
+        if self.settings.check is ReplyCheck.THREAD:
+            names += ["from", "message-id"]
+        return tuple(names)
 
     def possible(self, sender: Address) -> bool:
         return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
@@ -168,8 +352,92 @@ class ReviewChannel:
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
         if not self.possible(facts.sender):
             return False
-        token = self.settings.token
-        return any(tag_value_matches(value, token) for value in facts.header_values(self.settings.header))
+        if self.settings.subject_prefixes and not _subject_starts_with(facts, self.settings.subject_prefixes):
+            return False
+        ids = referenced_ids(facts)
+        if self.settings.check is ReplyCheck.THREAD:
+            keys = recipient_keys(recipient, self.buyers.marked_prefixes)
+            return bool(ids) and any(key in facts.thread_senders for key in keys)
+        domains = self.settings.reference_domains or self.buyers.relay_domains
+        return any(domain_matches(normalise_domain(ref.rpartition("@")[2]), domains) for ref in ids)
+
+    def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
+        return None
+
+    def buyer_senders(self, facts: MessageFacts) -> tuple[str, ...]:
+        """Register keys of the relay addresses this message comes from (From: and envelope sender)."""
+        candidates = [facts.sender]
+        for value in facts.header_values("from")[:1]:
+            candidates.extend(parse_address(addr) for _, addr in getaddresses([value]) if addr)
+        keys = []
+        for address in candidates:
+            recipient = classify_recipient(address.text(), self.buyers)
+            if recipient.relay:
+                keys.append(buyer_key(recipient.address, self.buyers.marked_prefixes))
+        return tuple(dict.fromkeys(key for key in keys if key))
+
+
+@dataclass(frozen=True, slots=True)
+class CriticalChannel:
+    """A message needed to complete the order, marked as Amazon asks (``[Important]`` in the subject).
+
+    Amazon has retired this override in some marketplaces and watches for its overuse, so it can be
+    switched off and limited to some senders.
+    """
+
+    settings: CriticalChannelSettings
+    channel: Channel = Channel.CRITICAL
+
+    def headers(self) -> tuple[str, ...]:
+        return ("subject",) if self.settings.enabled else ()
+
+    def possible(self, sender: Address) -> bool:
+        return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
+
+    def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
+        if not self.possible(facts.sender):
+            return False
+        return self.settings.marker.casefold() in facts.subject().casefold()
+
+    def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
+        return None
+
+
+# --- The store's part: questions before the decision, records after it -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreQuestions:
+    """What the adapter must look up in the store before the policy can decide."""
+
+    buyer_keys: tuple[str, ...] = ()
+    """Is any of these in the opt-out register?"""
+    order_id: str | None = None
+    """Did this order already have a review request?"""
+    message_ids: tuple[str, ...] = ()
+    """Which buyers sent these messages?"""
+
+    def __bool__(self) -> bool:
+        return bool(self.buyer_keys or self.order_id or self.message_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewSent:
+    """A review request for ``order_id`` went to ``buyer`` (a register key)."""
+
+    order_id: str
+    buyer: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerMessage:
+    """The buyer ``buyer`` sent the shop the message ``message_id`` (for the reply channel's thread check)."""
+
+    message_id: str
+    buyer: str
+
+
+StoreRecord = ReviewSent | BuyerMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +447,77 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: PolicySettings) -> Policy:
-        return cls(settings=settings, rules=(ReviewChannel(settings.review),))
+        # The review rule comes first: a tagged review request is judged as one (opt-out, one per order)
+        # even if it also looks like a reply or carries the critical marker.
+        rules: tuple[ChannelRule, ...] = (
+            ReviewChannel(settings.review, settings.buyers.marked_prefixes),
+            ReplyChannel(settings.reply, settings.buyers),
+            CriticalChannel(settings.critical),
+        )
+        return cls(settings=settings, rules=rules)
+
+    def _rule(self, kind: type[T]) -> T | None:
+        return next((rule for rule in self.rules if isinstance(rule, kind)), None)
+
+    # -- what the adapter must read, look up and remember ------------------------------------------
+
+    def wants_body_step(self) -> bool:
+        """Whether the body is needed at all (review requests are searched for an order id); if not,
+        the body step is negotiated away for the whole connection."""
+        review = self._rule(ReviewChannel)
+        return review is not None and review.settings.enabled
+
+    def wants_body(self, facts: MessageFacts) -> bool:
+        """Whether this message's body must be read: a tagged review request without an order id in
+        its subject. Every other message skips its body."""
+        review = self._rule(ReviewChannel)
+        return review is not None and review.tagged(facts) and find_order_id(facts.subject()) is None
+
+    def read_order_id(self, facts: MessageFacts, body: bytes = b"") -> MessageFacts:
+        """The facts with the order id of a tagged review request: from the subject, else the body."""
+        review = self._rule(ReviewChannel)
+        if review is None or not review.tagged(facts):
+            return facts
+        content = [(name, value) for name, value in facts.headers if name.casefold() in CONTENT_HEADERS]
+        found = find_order_id(facts.subject()) or (order_id_in_body(content, body) if body else None)
+        return replace(facts, order_id=found)
+
+    def store_questions(self, facts: MessageFacts, recipients: Iterable[Recipient]) -> StoreQuestions:
+        buyers = [recipient for recipient in recipients if recipient.is_buyer]
+        if not buyers:
+            return StoreQuestions()
+        keys: tuple[str, ...] = ()
+        order_id = None
+        review = self._rule(ReviewChannel)
+        if review is not None and review.tagged(facts):
+            prefixes = self.settings.buyers.marked_prefixes
+            keys = tuple(dict.fromkeys(key for r in buyers for key in recipient_keys(r, prefixes)))
+            order_id = facts.order_id if review.settings.one_per_order else None
+        ids: tuple[str, ...] = ()
+        reply = self._rule(ReplyChannel)
+        if reply is not None and reply.settings.check is ReplyCheck.THREAD and reply.possible(facts.sender):
+            ids = referenced_ids(facts)
+        return StoreQuestions(buyer_keys=keys, order_id=order_id, message_ids=ids)
+
+    def store_records(self, facts: MessageFacts, decisions: Iterable[Decision]) -> tuple[StoreRecord, ...]:
+        """What the store must remember once the message is accepted: which buyer got the review request
+        for which order (to refuse a second one and to resolve Amazon's opt-out notices), and, for the
+        thread check, which messages buyers sent the shop."""
+        decisions = tuple(decisions)
+        records: list[StoreRecord] = []
+        prefixes = self.settings.buyers.marked_prefixes
+        if facts.order_id:
+            for decision in decisions:
+                if decision.channel is Channel.REVIEW and not decision.refused:
+                    records.extend(ReviewSent(facts.order_id, key)
+                                   for key in recipient_keys(decision.recipient, prefixes)[:1])  # fmt: skip
+        reply = self._rule(ReplyChannel)
+        if reply is not None and reply.settings.enabled and reply.settings.check is ReplyCheck.THREAD:
+            to_shop = any(not d.recipient.is_buyer and not d.refused for d in decisions)
+            own_ids = [i for value in facts.header_values("message-id")[:1] for i in message_ids(value)][:1]
+            if to_shop and own_ids:
+                records.extend(BuyerMessage(own_ids[0], key) for key in reply.buyer_senders(facts))
+        return tuple(records)
 
     def wanted_headers(self) -> frozenset[str]:
         """Lower-case names of the header fields the adapter must collect."""
@@ -207,6 +545,9 @@ class Policy:
             return Decision(recipient, Outcome.DELIVER, Reason.NOT_BUYER)
         for rule in self.rules:
             if rule.grants(facts, recipient):
+                veto = rule.veto(facts, recipient)
+                if veto is not None:
+                    return Decision(recipient, Outcome.REFUSE, veto, rule.channel)
                 if not recipient.marked:
                     return Decision(recipient, Outcome.DELIVER, Reason.CHANNEL, rule.channel)
                 if recipient.unmarked is None:
@@ -309,7 +650,7 @@ def plan_message(
     refused = [d for d in decisions if d.refused]
     delivered = [d for d in decisions if not d.refused]
     if refused and (not delivered or settings.mixed_recipients is MixedRecipients.REJECT):
-        return MessagePlan(reject=Reject(refusal_text(settings.reply_text, [d.recipient for d in refused])))
+        return MessagePlan(reject=Reject(grouped_refusal_text(settings, refused)))
     changes: list[Change] = []
     for decision in refused:
         changes.append(DeleteRecipient(decision.recipient.raw))
@@ -336,20 +677,36 @@ def refusal_text(reply_text: str, recipients: list[Recipient]) -> str:
     if len(recipients) > 3:
         names += f" and {len(recipients) - 3} more"
     text = f"{names}: {reply_text}" if names else reply_text
+    return _reply_safe(text)
+
+
+def _reply_safe(text: str) -> str:
     # libmilter drops replies containing a single '%'; keep the text printable ASCII.
     return "".join(char if " " <= char <= "~" and char != "%" else "?" for char in text)[:900]
+
+
+def grouped_refusal_text(settings: PolicySettings, refused: Iterable[Decision]) -> str:
+    """One reply for a whole refused message: the refused recipients grouped by their reason's text."""
+    groups: dict[str, list[Recipient]] = {}
+    for decision in refused:
+        groups.setdefault(settings.text_for(decision.reason), []).append(decision.recipient)
+    return _reply_safe("; ".join(refusal_text(text, recipients) for text, recipients in groups.items()))
 
 
 
 __all__ = [
     "AddRecipient",
+    "BuyerMessage",
     "Channel",
     "ChannelRule",
+    "CriticalChannel",
+    "CriticalChannelSettings",
     "Decision",
     "DeleteHeader",
     "DeleteRecipient",
     "MessageFacts",
     "MessagePlan",
+    "MissingOrderId",
     "MixedRecipients",
     "Mode",
     "Outcome",
@@ -357,8 +714,14 @@ __all__ = [
     "PolicySettings",
     "Reason",
     "Reject",
+    "ReplyChannel",
+    "ReplyChannelSettings",
+    "ReplyCheck",
     "ReviewChannel",
     "ReviewChannelSettings",
+    "ReviewSent",
+    "StoreQuestions",
+    "StoreRecord",
     "SubmissionPath",
     "format_address",
     "plan_message",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import PostfixInstance, make_workdir
-from tests.support.milter_process import MilterProcess, write_config
+from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSPORT_MAP = REPO / "etc" / "postfix" / "amzguard-transport.regexp"
@@ -38,14 +38,28 @@ class Stack:
         self.milter.start()
 
 
-def start_stack(name: str, **sections: object) -> Stack:
+def start_stack(
+    name: str,
+    *,
+    prepare: Callable[[Path], None] | None = None,
+    transport_maps: str = "",
+    extra_master_cf: str = "",
+    **sections: object,
+) -> Stack:
+    """``sections`` go into the amzguard config; ``prepare(workdir)`` runs before anything starts;
+    ``transport_maps`` are listed after the shipped map; ``extra_master_cf`` adds Postfix services
+    (``{workdir}`` in it is replaced by the stack's directory)."""
     workdir = make_workdir(f"amzguard-{name}-")
+    if prepare is not None:
+        prepare(workdir)
     socket_path = workdir / "amzguard.sock"
     socket = f"unix:{socket_path}"
     config = write_config(workdir / "amzguard.yml", socket, **sections)
     milter = MilterProcess(config, socket, workdir / "amzguard.log", group="postfix").start()
     (workdir / "postfix").mkdir(mode=0o755)
-    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=f"regexp:{TRANSPORT_MAP}")
+    maps = ", ".join(filter(None, [f"regexp:{TRANSPORT_MAP}", transport_maps]))
+    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps,
+                              extra_master_cf=extra_master_cf.replace("{workdir}", str(workdir)))  # fmt: skip
     try:
         postfix.start()
     except Exception:
@@ -62,13 +76,18 @@ def stop_stack(stack: Stack) -> None:
         shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
+_ONLY_REVIEW_SENDER = {"allowed_senders": [REVIEW_SENDER]}
+REVIEW_SENDER_CHANNELS = {
+    "review": {"enabled": True, "token": REVIEW_TOKEN, **_ONLY_REVIEW_SENDER},
+    "reply": _ONLY_REVIEW_SENDER,
+    "critical": _ONLY_REVIEW_SENDER,
+}
+"""Every channel restricted to the review mailer's sender address, so mail from other senders to a buyer
+is refused already at RCPT on the SMTP path; review channel on; everything else default."""
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    """Review channel on, restricted to the review mailer's sender address; everything else default."""
-    started = start_stack(
-        "e2e",
-        channels={"review": {"enabled": True, "token": "t3st-review-token-7Qx9Lm2",
-                             "allowed_senders": [REVIEW_SENDER]}},  # fmt: skip
-    )
+    started = start_stack("e2e", channels=REVIEW_SENDER_CHANNELS)
     yield started
     stop_stack(started)

@@ -653,6 +653,7 @@ class PostfixInstance:
             or misbehaves (``tempfail`` | ``accept`` | ``reject`` | ``quarantine``).
         transport_maps: e.g. ``regexp:/abs/path`` (file must exist before start;
             regexp tables are read at process start, so :meth:`reload` after edits).
+        extra_master_cf: service lines appended to master.cf (e.g. a ``pipe`` transport).
         extra_main_cf: appended last, overriding the defaults. Values are written
             verbatim, so ``$`` keeps its main.cf meaning.
     """
@@ -664,12 +665,14 @@ class PostfixInstance:
         milter_default_action: str = "tempfail",
         transport_maps: str | None = None,
         extra_main_cf: Mapping[str, str] | None = None,
+        extra_master_cf: str = "",
     ) -> None:
         self.workdir = Path(workdir).absolute()
         self.milter = milter
         self.milter_default_action = milter_default_action
         self.transport_maps = transport_maps
         self.extra_main_cf: dict[str, str] = dict(extra_main_cf or {})
+        self.extra_master_cf = extra_master_cf
         self.config_dir = self.workdir / "etc"
         self.queue_dir = self.workdir / "queue"
         self.data_dir = self.workdir / "data"
@@ -740,7 +743,7 @@ class PostfixInstance:
                 raise ValueError(f"newline in main.cf setting {k!r}")
         (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in cf.items()))
         smtpd = f"127.0.0.1:{self.smtp_port} inet  n       -       n       -       -       smtpd\n"
-        (self.config_dir / "master.cf").write_text(smtpd + _MASTER_CF_SERVICES)
+        (self.config_dir / "master.cf").write_text(smtpd + _MASTER_CF_SERVICES + self.extra_master_cf)
         self._backdate_config()
 
     def _backdate_config(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.e2e.conftest import REVIEW_SENDER, SHOP_SENDER, Stack, start_stack, stop_stack
+from tests.e2e.conftest import REVIEW_SENDER, REVIEW_SENDER_CHANNELS, SHOP_SENDER, Stack, start_stack, stop_stack
 from tests.e2e.harness import make_message, parse_bounce, unique_token
 from tests.support.milter_process import REVIEW_TOKEN
 
@@ -91,10 +91,7 @@ def send_all(stack: Stack, traffic: Traffic, done: threading.Event) -> None:
 
 @pytest.fixture()
 def fault_stack():
-    started = start_stack(
-        "faults",
-        channels={"review": {"enabled": True, "token": REVIEW_TOKEN, "allowed_senders": [REVIEW_SENDER]}},
-    )
+    started = start_stack("faults", channels=REVIEW_SENDER_CHANNELS)
     yield started
     stop_stack(started)
 

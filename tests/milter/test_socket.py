@@ -46,11 +46,14 @@ def test_negotiates_only_what_it_uses(milter: MilterProcess) -> None:
     with FakeMta(milter.socket) as mta:
         expected = c.SMFIF_ADDRCPT | c.SMFIF_ADDRCPT_PAR | c.SMFIF_DELRCPT | c.SMFIF_CHGHDRS
         assert mta.actions == expected
-        # no body, no HELO, no EOH, no unknown commands; no replies for connect/MAIL/DATA/headers
-        for flag in (c.SMFIP_NOBODY, c.SMFIP_NOHELO, c.SMFIP_NOEOH, c.SMFIP_NOUNKNOWN, c.SMFIP_NR_CONN,
+        # no HELO, no EOH, no unknown commands; no replies for connect/MAIL/DATA/headers
+        for flag in (c.SMFIP_NOHELO, c.SMFIP_NOEOH, c.SMFIP_NOUNKNOWN, c.SMFIP_NR_CONN,
                      c.SMFIP_NR_MAIL, c.SMFIP_NR_DATA, c.SMFIP_NR_HDR):  # fmt: skip
             assert mta.protocol & flag, hex(flag)
         assert not mta.protocol & c.SMFIP_NR_RCPT  # RCPT answers: it may refuse there
+        # The review channel is on: bodies are offered (a review request's order id may be there), and
+        # the milter answers each chunk so that it can tell the MTA to skip the rest.
+        assert not mta.protocol & (c.SMFIP_NOBODY | c.SMFIP_NR_BODY)
 
 
 def test_other_recipient_is_accepted_unchanged(milter: MilterProcess) -> None:
@@ -100,7 +103,9 @@ def test_bad_tag_is_untagged_and_still_removed(milter: MilterProcess, value: str
 
 
 def test_local_submission_is_never_refused_at_rcpt(tmp_path: Path) -> None:
-    proc = start(tmp_path, "review-off", channels={"review": {"enabled": False}})
+    # No channel at all (reply and critical are on by default), so a buyer is refused at RCPT on SMTP.
+    no_channels = {name: {"enabled": False} for name in ("review", "reply", "critical")}
+    proc = start(tmp_path, "review-off", channels=no_channels)
     try:
         with FakeMta(proc.socket) as mta:
             rcpts, eom = mta.message("<shop@shop.test>", [BUYER], peer=("client.example.net", "192.0.2.7", 4025))

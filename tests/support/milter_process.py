@@ -17,10 +17,11 @@ REVIEW_TOKEN = "t3st-review-token-7Qx9Lm2"
 
 
 def write_config(path: Path, socket: str, **sections: object) -> Path:
-    """A test config: review channel on with a known token unless overridden."""
+    """A test config: review channel on with a known token, the store next to the config, unless overridden."""
     data: dict[str, object] = {
         "milter": {"socket": socket, "timeout": 30},
         "channels": {"review": {"enabled": True, "token": REVIEW_TOKEN}},
+        "store": {"path": str(path.with_suffix(".sqlite"))},
     }
     data.update(sections)
     path.write_text(yaml.safe_dump(data))

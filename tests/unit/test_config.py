@@ -63,7 +63,7 @@ def test_empty_file_gives_defaults() -> None:
         ({"channels": {"review": {"token": "has spaces in the token"}}}, "channels.review.token"),
         ({"channels": {"review": {"header": "X-Bad:Name"}}}, "channels.review.header: expected a header"),
         ({"channels": {"review": {"allowed_senders": ["nobody"]}}}, "channels.review.allowed_senders"),
-        ({"channels": {"reply": {}}}, "channels.reply: unknown key"),
+        ({"channels": {"forward": {}}}, "channels.forward: unknown key"),
         ({"mode": "dry-run"}, "mode: expected 'enforce' or 'monitor'"),
         ({"logging": {"level": "verbose"}}, "logging.level: expected one of"),
     ],

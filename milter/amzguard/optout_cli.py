@@ -1,0 +1,235 @@
+"""``amzguard optout add|remove|list|import|export|learn``: the opt-out register from the command line.
+
+Every command is idempotent and says what it did in counts, so it can run from cron, a shop's export job or
+a Postfix ``pipe`` transport. Exit status: 0 done; 1 some input was skipped (named on stderr); 65
+(EX_DATAERR) ``learn`` met a message it could not learn from; 75 (EX_TEMPFAIL) the store could not be used,
+which makes Postfix's pipe(8) keep the notice and retry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+from .address import DOMAIN_NAME_RE, BuyerPatterns, buyer_key, parse_address
+from .config import Config
+from .optout import OptOut, OptOutStore, StoreError
+from .optout_learn import Outcome, learn, split_messages
+from .orderid import ORDER_ID_RE
+
+EX_OK = 0
+EX_SKIPPED = 1
+EX_DATAERR = 65
+EX_TEMPFAIL = 75
+
+CSV_FIELDS = ("address", "order_id", "source", "added_at")
+ADDRESS_COLUMNS = ("address", "buyer", "email", "e-mail")
+
+
+def add_parser(commands: argparse._SubParsersAction, with_config: Callable[[argparse.ArgumentParser], object]) -> None:
+    """Register ``optout`` and its subcommands on the main parser."""
+    optout = commands.add_parser(
+        "optout", help="manage the opt-out register (add, remove, list, import, export, learn)"
+    )
+    sub = optout.add_subparsers(dest="optout_command", required=True, metavar="SUBCOMMAND")
+    add = sub.add_parser("add", help="register buyer addresses as opted out")
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("--order", metavar="ORDER_ID", help="the Amazon order id the opt-out came with")
+    remove = sub.add_parser("remove", help="remove buyer addresses from the register")
+    remove.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    sub.add_parser("list", help="print the registered addresses, one a line")
+    imp = sub.add_parser("import", help="add the addresses of a CSV file or a one-address-per-line file ('-': stdin)")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--format", choices=("auto", "csv", "lines"), default="auto")
+    exp = sub.add_parser("export", help="write the register to stdout (CSV, or one address a line)")
+    exp.add_argument("--format", choices=("csv", "lines"), default="csv")
+    learn_parser = sub.add_parser(
+        "learn", help="learn opt-outs from Amazon's notices: RFC 5322 messages or mbox files (stdin if none)"
+    )
+    learn_parser.add_argument("files", nargs="*", metavar="FILE")
+    for parser in (add, remove, sub.choices["list"], imp, exp, learn_parser):
+        with_config(parser)
+
+
+@dataclass
+class _Input:
+    """Addresses read from the command line or a file, with what had to be skipped and why."""
+
+    entries: list[OptOut]
+    skipped: list[str]
+
+
+def _read_addresses(items: Iterable[tuple[str, str, str | None]], patterns: BuyerPatterns, source: str) -> _Input:
+    """``items`` are (where, address, order id); where names the argument or line for error messages."""
+    result = _Input(entries=[], skipped=[])
+    for where, text, order_id in items:
+        # Any mailbox is a possible key: a marked buyer (blacklisted-x@shop-domain) is registered as the
+        # address without its marker, whatever its domain.
+        address = parse_address(text.strip())
+        key = buyer_key(address, patterns.marked_prefixes)
+        if not key or not DOMAIN_NAME_RE.match(address.domain) or any(char.isspace() for char in key):
+            result.skipped.append(f"{where}: {text.strip()!r} is not an e-mail address")
+        elif order_id and not ORDER_ID_RE.fullmatch(order_id.strip()):
+            result.skipped.append(f"{where}: {order_id!r} is not an order id (NNN-NNNNNNN-NNNNNNN)")
+        else:
+            result.entries.append(OptOut(key, order_id=(order_id or "").strip() or None, source=source))
+    return result
+
+
+def _rows(stream: TextIO, fmt: str) -> Iterator[tuple[str, str, str | None]]:
+    lines = stream.read().splitlines()
+    content = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    first = content[0].strip().casefold() if content else ""
+    if fmt == "auto":
+        fmt = "csv" if "," in first or first in ADDRESS_COLUMNS else "lines"
+    if fmt == "lines":
+        for number, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                yield f"line {number}", line, None
+        return
+    # A header row (no '@' in it, one column named like an address) says which columns to read;
+    # without one, the first column is the address and the second, if any, the order id.
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    header: list[str] | None = None
+    first = True
+    for number, row in enumerate(reader, 1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        cells = [cell.strip() for cell in row]
+        if first and not any("@" in cell for cell in cells) and set(map(str.casefold, cells)) & set(ADDRESS_COLUMNS):
+            header = [cell.casefold() for cell in cells]
+            first = False
+            continue
+        first = False
+        if header is not None:
+            named = dict(zip(header, cells))
+            address = next((named[col] for col in ADDRESS_COLUMNS if named.get(col)), "")
+            yield f"line {number}", address, named.get("order_id") or named.get("order") or None
+        else:
+            yield f"line {number}", cells[0], cells[1] if len(cells) > 1 and cells[1] else None
+
+
+def _print_skipped(skipped: list[str]) -> None:
+    for line in skipped:
+        print(f"amzguard: skipped {line}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    store = OptOutStore(config.store.path, config.store.retention_days)
+    patterns = config.policy.buyers
+    try:
+        return _COMMANDS[args.optout_command](args, store, patterns)
+    except StoreError as exc:
+        print(f"amzguard: opt-out store unavailable: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+
+
+def _add(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+    read = _read_addresses(((f"argument {a!r}", a, args.order) for a in args.addresses), patterns, "cli")
+    _print_skipped(read.skipped)
+    counts = store.add(read.entries)
+    print(f"added {counts.changed}, already registered {counts.unchanged}, skipped {len(read.skipped)}")
+    return EX_SKIPPED if read.skipped else EX_OK
+
+
+def _remove(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+    read = _read_addresses(((f"argument {a!r}", a, None) for a in args.addresses), patterns, "cli")
+    _print_skipped(read.skipped)
+    counts = store.remove(entry.buyer for entry in read.entries)
+    print(f"removed {counts.changed}, not registered {counts.unchanged}, skipped {len(read.skipped)}")
+    return EX_SKIPPED if read.skipped else EX_OK
+
+
+def _list(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+    entries = store.entries()
+    for entry in entries:
+        print(entry.buyer)
+    print(f"{len(entries)} opted-out buyer{'s' if len(entries) != 1 else ''}", file=sys.stderr)
+    return EX_OK
+
+
+def _import(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+    try:
+        if args.file == "-":
+            rows = list(_rows(sys.stdin, args.format))
+        else:
+            with open(args.file, encoding="utf-8-sig", newline="") as stream:
+                rows = list(_rows(stream, args.format))
+    except OSError as exc:
+        print(f"amzguard: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_SKIPPED
+    except UnicodeDecodeError as exc:
+        print(f"amzguard: {args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        return EX_SKIPPED
+    read = _read_addresses(rows, patterns, "import")
+    _print_skipped(read.skipped)
+    counts = store.add(read.entries)
+    print(f"imported {args.file}: added {counts.changed}, already registered {counts.unchanged}, "
+          f"skipped {len(read.skipped)}")  # fmt: skip
+    return EX_SKIPPED if read.skipped else EX_OK
+
+
+def _export(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+    entries = store.entries()
+    if args.format == "lines":
+        for entry in entries:
+            print(entry.buyer)
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        for entry in entries:
+            added = datetime.fromtimestamp(entry.added_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            writer.writerow((entry.buyer, entry.order_id or "", entry.source, added))
+    print(f"exported {len(entries)} opted-out buyer{'s' if len(entries) != 1 else ''}", file=sys.stderr)
+    return EX_OK
+
+
+def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+    messages = []
+    for name in args.files or ["-"]:
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            print(f"amzguard: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            return EX_DATAERR
+        messages.extend(split_messages(data))
+    # TODO(lead, after merging issue 3's metrics.py): learned opt-outs are not decisions, so no enum label
+    # counts them. `learn` runs in its own process (pipe transport, cron), so a counter here would not reach
+    # the milter's /metrics; export the register size from the milter instead (SELECT count(*) FROM optout,
+    # by source) or write a node-exporter textfile here.
+    tally = {outcome: 0 for outcome in Outcome}
+    for result in learn(messages, store, patterns):
+        tally[result.outcome] += 1
+        order = f"order {result.order_id}" if result.order_id else "no order id"
+        if result.outcome in (Outcome.LEARNED, Outcome.KNOWN):
+            print(f"{result.outcome}: {result.buyer} ({order}, notice in {result.language}, {result.detail})")
+        elif result.outcome is Outcome.UNRESOLVED:
+            print(f"amzguard: unresolved opt-out notice {result.label} (in {result.language}): {result.detail}",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"amzguard: not an opt-out notice: {result.label}", file=sys.stderr)
+    print(
+        f"learned {tally[Outcome.LEARNED] + tally[Outcome.KNOWN]} (new {tally[Outcome.LEARNED]}, already registered "
+        f"{tally[Outcome.KNOWN]}), unresolved {tally[Outcome.UNRESOLVED]}, not recognised {tally[Outcome.UNRECOGNISED]}"
+    )
+    if not messages:
+        print("amzguard: no message in the input", file=sys.stderr)
+        return EX_DATAERR
+    return EX_DATAERR if tally[Outcome.UNRESOLVED] or tally[Outcome.UNRECOGNISED] else EX_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, OptOutStore, BuyerPatterns], int]] = {
+    "add": _add,
+    "remove": _remove,
+    "list": _list,
+    "import": _import,
+    "export": _export,
+    "learn": _learn,
+}

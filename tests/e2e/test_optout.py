@@ -1,0 +1,260 @@
+"""Opt-outs, replies, critical messages and one review request per order on a real Postfix.
+
+The register is filled with the real ``amzguard optout`` CLI and, through a Postfix ``pipe`` transport, from
+an Amazon opt-out notice mailed to the shop, exactly as the README wires it. Every address, order id and
+notice is made up.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from amzguard.config import DEFAULT_REASON_TEXTS
+from amzguard.optout import OptOutStore
+from amzguard.policy import Reason
+from tests.e2e.conftest import REPO, REVIEW_SENDER, SHOP_SENDER, Stack, start_stack, stop_stack
+from tests.e2e.harness import make_message, parse_bounce, unique_token
+from tests.support.milter_process import REVIEW_TOKEN
+
+NOTICES = REPO / "tests" / "fixtures" / "notices"
+TAG = ("X-Amzguard-Channel", f"review {REVIEW_TOKEN}")
+OPTED_OUT = "h8h8h8h8h8h8h8h8@marketplace.amazon.co.uk"
+MARKED_OPTED_OUT = "blacklisted-77001@amazon.fr"
+BUYER = "k2k2k2k2k2k2k2k2@marketplace.amazon.de"
+OWNER = "owner@shop.test"
+LEARN_ADDRESS = "optout@learn.shop.test"
+OPTED_OUT_TEXT = DEFAULT_REASON_TEXTS[Reason.OPTED_OUT]
+DUPLICATE_TEXT = DEFAULT_REASON_TEXTS[Reason.DUPLICATE_REVIEW]
+NO_ORDER_TEXT = DEFAULT_REASON_TEXTS[Reason.NO_ORDER_ID]
+
+# The interpreter of the test venv lives under /root, which the unprivileged pipe user cannot enter; the
+# system Python (3.11 with PyYAML, as Debian ships it) runs the same package from the source tree.
+SYSTEM_PYTHON = "/usr/bin/python3"
+PIPE_SERVICE = f"""\
+amzguard-optout unix -  n       n       -       1       pipe
+  user=nobody argv=/usr/bin/env PYTHONPATH={REPO}/milter {SYSTEM_PYTHON} -m amzguard
+  optout learn -c {{workdir}}/amzguard.yml
+"""
+
+
+def _system_python_can_run_amzguard() -> bool:
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return False
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import yaml, sqlite3, enum; enum.StrEnum"], capture_output=True)
+    return probe.returncode == 0
+
+
+def _store_dir_for_nobody(workdir: Path) -> None:
+    """The store's directory belongs to the pipe's user; the milter (root here) gives files it creates
+    there to the directory's owner, so both can write (as the milter's user would in production)."""
+    store = workdir / "store"
+    store.mkdir(mode=0o770)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(store, nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    if not _system_python_can_run_amzguard():
+        pytest.skip(f"{SYSTEM_PYTHON} with PyYAML is needed to run `optout learn` as the pipe user")
+    started = start_stack(
+        "optout",
+        prepare=_store_dir_for_nobody,
+        transport_maps=f"inline:{{ {LEARN_ADDRESS}=amzguard-optout: }}",
+        extra_master_cf=PIPE_SERVICE,
+        channels={"review": {"enabled": True, "token": REVIEW_TOKEN, "allowed_senders": [REVIEW_SENDER],
+                             "missing_order_id": "refuse"}},  # fmt: skip
+        store={"path": "store/amzguard.sqlite"},
+    )
+    yield started
+    stop_stack(started)
+
+
+def store_of(stack: Stack) -> OptOutStore:
+    return OptOutStore(stack.workdir / "store" / "amzguard.sqlite")
+
+
+def optout_cli(stack: Stack, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "amzguard", "optout", args[0], "-c", str(stack.workdir / "amzguard.yml"), *args[1:]],
+        input=stdin, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+@pytest.fixture(scope="module")
+def registered(stack: Stack) -> None:
+    done = optout_cli(stack, "add", OPTED_OUT.upper(), MARKED_OPTED_OUT)
+    assert done.stdout == "added 2, already registered 0, skipped 0\n", done.stderr
+
+
+def subject_of(message) -> str:
+    return str(message.get("Subject", ""))
+
+
+def sink_with_subject(stack: Stack, subject: str):
+    return [m for m in stack.postfix.sink.messages() if subject_of(m.message) == subject]
+
+
+def review(to: str | list[str], subject: str, body: str = "How was your order?\n") -> bytes:
+    return make_message(REVIEW_SENDER, to, subject, body=body, extra_headers=[TAG])
+
+
+def unfolded(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- the opt-out register ---------------------------------------------------------------------------
+
+
+def test_opted_out_buyer_refused_for_review_on_smtp(stack: Stack, registered: None) -> None:
+    subject = unique_token("optout-review") + " order 302-2000001-3000001"
+    offset = stack.postfix.log_offset()
+    result = stack.postfix.smtp(REVIEW_SENDER, [OPTED_OUT], review(OPTED_OUT, subject))
+    assert result.data_reply is not None
+    code, text = result.data_reply
+    assert code == 550 and unfolded(text) == f"5.7.1 <{OPTED_OUT}>: {OPTED_OUT_TEXT}"
+    stack.postfix.wait_log(r"milter-reject: END-OF-MESSAGE from .*: 5\.7\.1 <h8h8h8h8h8h8h8h8@", after=offset)
+    stack.milter.wait_log(f"rcpt=<{OPTED_OUT}> path=smtp stage=eom channel=review decision=refuse reason=opted-out")
+    assert stack.postfix.queue() == [] and sink_with_subject(stack, subject) == []
+    assert store_of(stack).buyer_for_order("302-2000001-3000001") is None
+
+
+def test_opted_out_marked_buyer_bounced_on_sendmail_and_others_still_served(stack: Stack, registered: None) -> None:
+    subject = unique_token("optout-mixed") + " order 302-2000002-3000002"
+    message = make_message(REVIEW_SENDER, [MARKED_OPTED_OUT, BUYER], subject, extra_headers=[TAG])
+    done = stack.postfix.sendmail(REVIEW_SENDER, [MARKED_OPTED_OUT, BUYER], message)
+    assert done.returncode == 0, done.stderr
+    # The buyer who did not opt out gets the review request; the opted-out one is bounced to the shop
+    # through the stand-in address and the shipped transport map's own line for this reason.
+    [relayed] = stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == subject)
+    assert relayed.rcpts == [BUYER]
+
+    def is_ours(msg) -> bool:
+        returned = parse_bounce(msg).returned if msg.get_content_type() == "multipart/report" else None
+        return returned is not None and subject_of(returned) == subject
+
+    [bounce] = [parse_bounce(m) for m in stack.postfix.wait_mailbox("support", predicate=is_ours)]
+    [recipient] = bounce.recipients
+    assert recipient["Original-Recipient"].replace(" ", "") == f"rfc822;{MARKED_OPTED_OUT}"
+    assert recipient["Final-Recipient"].replace(" ", "").endswith("=amazon.fr@opted-out.amzguard.invalid")
+    assert recipient["Status"] == "5.7.1" and OPTED_OUT_TEXT in unfolded(recipient["Diagnostic-Code"])
+    assert store_of(stack).buyer_for_order("302-2000002-3000002") == BUYER
+    stack.postfix.wait_queue_empty()
+
+
+def test_opted_out_buyer_still_gets_replies_and_critical_messages(stack: Stack, registered: None) -> None:
+    reply_subject = unique_token("Re: your question")
+    reply = make_message("support@shop.test", OPTED_OUT, reply_subject,
+                         extra_headers=[("In-Reply-To", "<0100018c.77aa@marketplace.amazon.co.uk>")])  # fmt: skip
+    assert stack.postfix.smtp("support@shop.test", [OPTED_OUT], reply).queued
+    critical_subject = unique_token("[IMPORTANT] delivery appointment")
+    critical = make_message(SHOP_SENDER, MARKED_OPTED_OUT, critical_subject)
+    assert stack.postfix.sendmail(SHOP_SENDER, [MARKED_OPTED_OUT], critical).returncode == 0
+    [got_reply] = stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == reply_subject)
+    assert got_reply.rcpts == [OPTED_OUT]
+    [got_critical] = stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == critical_subject)
+    assert got_critical.rcpts == ["77001@amazon.fr"]  # marker removed, as for every channel
+    stack.milter.wait_log(f"rcpt=<{OPTED_OUT}> path=smtp stage=eom channel=reply decision=deliver reason=channel")
+    stack.milter.wait_log(f"rcpt=<{MARKED_OPTED_OUT}> path=sendmail stage=eom channel=critical "
+                          "decision=deliver-unmarked reason=channel")  # fmt: skip
+    # An order mail that is neither is still refused.
+    plain = stack.postfix.smtp(SHOP_SENDER, [OPTED_OUT], make_message(SHOP_SENDER, OPTED_OUT, unique_token("shipped")))
+    refusal = plain.data_reply or plain.rcpt_replies[OPTED_OUT]
+    assert refusal[0] == 550 and "Amazon forbids e-mail about orders" in unfolded(refusal[1])
+
+
+def test_register_change_applies_without_restart(stack: Stack) -> None:
+    buyer = "m5m5m5m5m5m5m5m5@marketplace.amazon.it"
+    assert optout_cli(stack, "add", buyer).returncode == 0
+    first = stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, unique_token("live") + " 302-2000003-3000003"))
+    assert first.data_reply is not None and first.data_reply[0] == 550
+    assert optout_cli(stack, "remove", buyer).stdout.startswith("removed 1")
+    subject = unique_token("live") + " 302-2000003-3000003"
+    assert stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, subject)).queued
+    stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == subject)
+
+
+# -- one review request per order -------------------------------------------------------------------
+
+
+def test_second_review_request_for_an_order_is_refused(stack: Stack) -> None:
+    order = "302-2000004-3000004"
+    first_subject = unique_token("review-1")
+    body = f"Dear customer,\nhow happy are you with order {order}?\n"
+    first = stack.postfix.smtp(REVIEW_SENDER, [BUYER], review(BUYER, first_subject, body))
+    assert first.queued, first
+    stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == first_subject)
+    assert store_of(stack).buyer_for_order(order) == BUYER
+    stack.milter.wait_log(f"{first.queue_id}: review request for order {order}")
+    # The same order again, from the sendmail path, to a differently spelt buyer address: bounced.
+    second_subject = unique_token("review-2") + f" {order}"
+    done = stack.postfix.sendmail(REVIEW_SENDER, [BUYER.upper()], review(BUYER.upper(), second_subject))
+    assert done.returncode == 0
+
+    def is_ours(msg) -> bool:
+        returned = parse_bounce(msg).returned if msg.get_content_type() == "multipart/report" else None
+        return returned is not None and subject_of(returned) == second_subject
+
+    [bounce] = [parse_bounce(m) for m in stack.postfix.wait_mailbox("support", predicate=is_ours)]
+    assert DUPLICATE_TEXT in unfolded(bounce.notification)
+    assert bounce.recipients[0]["Status"] == "5.7.1"
+    # And on SMTP the client is told at once.
+    third = stack.postfix.smtp(REVIEW_SENDER, [BUYER], review(BUYER, unique_token("review-3"), body))
+    assert third.data_reply is not None
+    assert third.data_reply[0] == 550 and unfolded(third.data_reply[1]) == f"5.7.1 <{BUYER}>: {DUPLICATE_TEXT}"
+    stack.postfix.wait_queue_empty()
+    assert sink_with_subject(stack, second_subject) == []
+
+
+def test_review_request_without_order_id_is_refused_when_configured(stack: Stack) -> None:
+    result = stack.postfix.smtp(REVIEW_SENDER, [BUYER], review(BUYER, unique_token("no-order"), "Thanks!\n"))
+    assert result.data_reply is not None
+    assert result.data_reply[0] == 550 and unfolded(result.data_reply[1]) == f"5.7.1 <{BUYER}>: {NO_ORDER_TEXT}"
+
+
+# -- learning from Amazon's notice through a pipe transport ---------------------------------------------
+
+
+def test_notice_mailed_to_the_pipe_transport_registers_the_buyer(stack: Stack) -> None:
+    buyer = "n6n6n6n6n6n6n6n6@marketplace.amazon.com"
+    order = "302-1000001-2000001"  # the order the English fixture names
+    sent = unique_token("review") + f" order {order}"
+    assert stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, sent)).queued
+    stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == sent)
+    # Amazon's notice names only the order; the milter remembered which buyer got its review request.
+    offset = stack.postfix.log_offset()
+    notice = (NOTICES / "en_order_only.eml").read_bytes()
+    assert stack.postfix.smtp("seller-notification@amazon.example", [LEARN_ADDRESS], notice).queued
+    stack.postfix.wait_log(r"to=<optout@learn\.shop\.test>, relay=amzguard-optout, .*status=sent", after=offset)
+    [entry] = [e for e in store_of(stack).entries() if e.buyer == buyer]
+    assert (entry.order_id, entry.source) == (order, "notice")
+    # From now on the buyer gets no review request, for any order.
+    later = stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, unique_token("later") + " 302-2000005-3000005"))
+    assert later.data_reply is not None and later.data_reply[0] == 550
+    assert OPTED_OUT_TEXT in unfolded(later.data_reply[1])
+
+
+def test_unrecognised_mail_to_the_pipe_is_bounced_with_the_reason(stack: Stack) -> None:
+    offset = stack.postfix.log_offset()
+    forwarded = (NOTICES / "not_a_notice.eml").read_bytes()
+    done = stack.postfix.sendmail(OWNER, [LEARN_ADDRESS], forwarded)
+    assert done.returncode == 0
+    stack.postfix.wait_log(r"to=<optout@learn\.shop\.test>, relay=amzguard-optout, .*status=bounced "
+                           r"\(.*not an opt-out notice: <notice-en-5@amazon\.example>", after=offset)  # fmt: skip
+
+    def is_bounce(msg) -> bool:
+        returned = parse_bounce(msg).returned if msg.get_content_type() == "multipart/report" else None
+        return returned is not None and returned.get("Message-ID") == "<notice-en-5@amazon.example>"
+
+    # The forwarder (a mail rule of the shop owner) learns why, from the bounce.
+    [bounce] = [parse_bounce(m) for m in stack.postfix.wait_mailbox("owner", predicate=is_bounce)]
+    assert "not an opt-out notice: <notice-en-5@amazon.example>" in unfolded(bounce.notification)
+    stack.postfix.wait_queue_empty()
