@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .address import Address, BuyerPatterns, Recipient, format_address
 
@@ -130,6 +130,20 @@ class ChannelRule(Protocol):
         """Whether the message may reach this buyer recipient through this channel."""
 
 
+@runtime_checkable
+class TaggedChannelRule(Protocol):
+    """A channel rule that recognises its messages by a secret in a tag header.
+
+    Optional beside ``ChannelRule``: rules that have it can say when a tag was present but its secret
+    wrong, which the metrics count (a misconfigured shop mailer, or someone guessing the secret).
+    """
+
+    channel: Channel
+
+    def bad_token(self, facts: MessageFacts) -> bool:
+        """The message carries this channel's tag, but no tag field holds the right secret."""
+
+
 def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
@@ -141,6 +155,12 @@ def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
         if entry == mailbox:
             return True
     return False
+
+
+def tag_keyword(value: str) -> str:
+    """The channel a tag field names (its first word, case-folded); empty for an empty field."""
+    words = value.split()
+    return words[0].casefold() if words else ""
 
 
 def tag_value_matches(value: str, token: bytes) -> bool:
@@ -170,6 +190,12 @@ class ReviewChannel:
             return False
         token = self.settings.token
         return any(tag_value_matches(value, token) for value in facts.header_values(self.settings.header))
+
+    def bad_token(self, facts: MessageFacts) -> bool:
+        # Only fields that name this channel count, so another channel's tag in the same header is no
+        # false alarm. With the channel off and no secret loaded every review tag is bad: none can match.
+        tags = [value for value in facts.header_values(self.settings.header) if tag_keyword(value) == "review"]
+        return bool(tags) and not any(tag_value_matches(value, self.settings.token) for value in tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +239,12 @@ class Policy:
                     return Decision(recipient, Outcome.REFUSE, Reason.MARKER_ONLY, rule.channel)
                 return Decision(recipient, Outcome.DELIVER_UNMARKED, Reason.CHANNEL, rule.channel)
         return Decision(recipient, Outcome.REFUSE, Reason.BUYER_MAIL)
+
+    def bad_token_channels(self, facts: MessageFacts) -> tuple[Channel, ...]:
+        """Channels whose tag the message carries with a wrong secret (a fact for metrics, not a decision)."""
+        return tuple(
+            rule.channel for rule in self.rules if isinstance(rule, TaggedChannelRule) and rule.bad_token(facts)
+        )
 
     def rcpt_reject(self, recipient: Recipient) -> Reject:
         return Reject(refusal_text(self.settings.reply_text, [recipient]))
@@ -360,6 +392,7 @@ __all__ = [
     "ReviewChannel",
     "ReviewChannelSettings",
     "SubmissionPath",
+    "TaggedChannelRule",
     "format_address",
     "plan_message",
     "refusal_address",
