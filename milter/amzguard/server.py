@@ -1,8 +1,8 @@
 """Running the milter: socket, libmilter registration, main loop.
 
 pymilter's ``runmilter`` opens the socket and enters the loop in one call; amzguard registers the callbacks
-itself so it can set the socket's permissions and say "listening" (later: tell systemd it is ready) only
-once the socket really accepts connections.
+itself so it can set the socket's permissions and say "listening" and tell systemd it is ready only
+once the socket really accepts connections. Reload, drain and metrics live in service.py.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import milter as libmilter  # pymilter's C extension
 
 from .adapter import MILTER_ACTIONS, AmzguardMilter, Runtime
 from .config import Config
+from .metrics import Metrics
+from .service import ReloadSignal, ServiceError, drain, notify, reload_config, start_metrics, summary
 
 log = logging.getLogger("amzguard")
 
@@ -66,11 +68,20 @@ def _register(name: str, spec: str, timeout: int) -> None:
     )
 
 
-def serve(config: Config, socket_spec: str | None = None, name: str = "amzguard") -> None:
-    """Run until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP)."""
+def serve(
+    config: Config, socket_spec: str | None = None, name: str = "amzguard", config_path: Path | None = None
+) -> None:
+    """Run until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP); SIGUSR1 reloads ``config_path``."""
     spec = socket_spec or config.milter.socket
-    runtime = Runtime(config)
+    runtime = Runtime(config, Metrics())
     _prepare_socket_directory(spec)
+    reload_signal = ReloadSignal(lambda: config_path and reload_config(runtime, config_path))
+    reload_signal.block()  # before the first thread (metrics endpoint, libmilter) exists
+    try:
+        endpoint = start_metrics(runtime.metrics, config.metrics)
+    except ServiceError as exc:
+        raise ServeError(str(exc)) from None
+    reload_signal.start()
     # pymilter creates each connection's object through this module attribute; the runtime travels
     # inside the factory, so amzguard itself keeps no global state.
     Milter.factory = functools.partial(AmzguardMilter, runtime)
@@ -79,14 +90,16 @@ def serve(config: Config, socket_spec: str | None = None, name: str = "amzguard"
     try:
         libmilter.opensocket(True)
     except libmilter.error as exc:
+        if endpoint is not None:
+            endpoint.close()
         raise ServeError(f"cannot listen on {spec}: {exc}") from None
     finally:
         os.umask(previous_umask)
-    log.info(
-        "listening on %s (mode=%s, review channel %s)",
-        spec,
-        config.policy.mode.value,
-        "on" if config.policy.review.enabled else "off",
-    )
+    log.info("listening on %s (%s)", spec, summary(config))
+    notify(f"READY=1\nSTATUS=listening on {spec}; {summary(config)}\nMAINPID={os.getpid()}")
     libmilter.main()
+    notify("STOPPING=1")
+    drain(runtime)
+    if endpoint is not None:
+        endpoint.close()
     log.info("stopped")

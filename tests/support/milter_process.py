@@ -17,10 +17,13 @@ REVIEW_TOKEN = "t3st-review-token-7Qx9Lm2"
 
 
 def write_config(path: Path, socket: str, **sections: object) -> Path:
-    """A test config: review channel on with a known token unless overridden."""
+    """A test config: review channel on with a known token, full addresses in the log (the tests read
+    them) and metrics on a free port (tests run side by side), unless overridden."""
     data: dict[str, object] = {
         "milter": {"socket": socket, "timeout": 30},
         "channels": {"review": {"enabled": True, "token": REVIEW_TOKEN}},
+        "logging": {"log_addresses": "full"},
+        "metrics": {"listen": "127.0.0.1:0"},
     }
     data.update(sections)
     path.write_text(yaml.safe_dump(data))
