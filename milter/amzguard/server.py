@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
+
+import signal
 
 import Milter
 import milter as libmilter  # pymilter's C extension
@@ -18,7 +21,7 @@ import milter as libmilter  # pymilter's C extension
 from .adapter import MILTER_ACTIONS, AmzguardMilter, Runtime
 from .config import Config
 from .metrics import Metrics
-from .service import ReloadSignal, ServiceError, drain, notify, reload_config, start_metrics, summary
+from .service import ServiceError, ServiceSignals, drain, notify, reload_config, start_metrics, summary
 
 log = logging.getLogger("amzguard")
 
@@ -71,17 +74,24 @@ def _register(name: str, spec: str, timeout: int) -> None:
 def serve(
     config: Config, socket_spec: str | None = None, name: str = "amzguard", config_path: Path | None = None
 ) -> None:
-    """Run until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP); SIGUSR1 reloads ``config_path``."""
+    """Run until SIGTERM, SIGINT or SIGHUP (finishing the messages in progress); SIGUSR1 reloads ``config_path``."""
     spec = socket_spec or config.milter.socket
     runtime = Runtime(config, Metrics())
     _prepare_socket_directory(spec)
-    reload_signal = ReloadSignal(lambda: config_path and reload_config(runtime, config_path))
-    reload_signal.block()  # before the first thread (metrics endpoint, libmilter) exists
+    signals = ServiceSignals()
     try:
-        endpoint = start_metrics(runtime.metrics, config.metrics)
+        _serve(runtime, signals, spec, name, config_path)
+    finally:
+        signals.close()
+
+
+def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, config_path: Path | None) -> None:
+    config = runtime.snapshot.config
+    try:
+        with signals.blocked():
+            endpoint = start_metrics(runtime.metrics, config.metrics)
     except ServiceError as exc:
         raise ServeError(str(exc)) from None
-    reload_signal.start()
     # pymilter creates each connection's object through this module attribute; the runtime travels
     # inside the factory, so amzguard itself keeps no global state.
     Milter.factory = functools.partial(AmzguardMilter, runtime)
@@ -96,10 +106,39 @@ def serve(
     finally:
         os.umask(previous_umask)
     log.info("listening on %s (%s)", spec, summary(config))
+    failure: list[BaseException] = []
+    with signals.blocked():
+        loop = threading.Thread(target=_main_loop, args=(failure,), name="libmilter", daemon=True)
+        loop.start()
     notify(f"READY=1\nSTATUS=listening on {spec}; {summary(config)}\nMAINPID={os.getpid()}")
-    libmilter.main()
-    notify("STOPPING=1")
-    drain(runtime)
+    while loop.is_alive():
+        signum = signals.wait(timeout=1.0)
+        if signum == signal.SIGUSR1:
+            log.info("SIGUSR1: reloading the configuration")
+            if config_path is not None:
+                reload_config(runtime, config_path)
+        elif signum in ServiceSignals.STOP:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            notify("STOPPING=1")
+            drain(runtime)
+            libmilter.stop()
+            break
+    loop.join(STOP_JOIN_SECONDS)
     if endpoint is not None:
         endpoint.close()
+    if failure:
+        raise ServeError(f"libmilter main loop failed: {failure[0]}")
     log.info("stopped")
+
+
+STOP_JOIN_SECONDS = 10.0
+"""smfi_stop() returns once libmilter's listener ends its current poll (up to 5 s); its main loop then
+returns at once. The process exits after this long even if it does not."""
+
+
+def _main_loop(failure: list[BaseException]) -> None:
+    """libmilter's main loop, on a thread of its own (see service.py for why not the main thread)."""
+    try:
+        libmilter.main()
+    except libmilter.error as exc:
+        failure.append(exc)

@@ -1,19 +1,24 @@
 """Running as a service: readiness for systemd, reload on SIGUSR1, draining on stop, the metrics endpoint.
 
-libmilter owns SIGHUP, SIGTERM and SIGINT (each one stops it) and runs its own threads, while Python only
-runs signal handlers on the main thread, which sits inside libmilter's C main loop. So the reload signal
-is SIGUSR1, blocked in every thread before any thread exists, and taken by a watcher thread with
-``sigwait``: it arrives whatever the main thread is doing.
+Signals, and why they are handled this way: libmilter blocks SIGHUP, SIGTERM and SIGINT in the thread
+that calls its main loop and takes them with ``sigwait`` on a thread of its own; on any of them it stops
+at once, and Debian's libmilter (built with a worker pool) then stops serving the connections still open,
+so messages in progress would be cut off. So amzguard runs libmilter's main loop on a second thread and
+keeps the process's main thread free: the kernel hands a process-directed signal to the main thread
+first when it does not block it, so SIGTERM, SIGINT, SIGHUP and SIGUSR1 reach amzguard, not libmilter.
+A handler only writes the signal number to a socket (``signal.set_wakeup_fd``), and the main thread's
+loop acts on it: reload, or drain the messages in progress and then stop libmilter.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from .adapter import Runtime
@@ -23,7 +28,6 @@ from .metrics import Metrics, MetricsEndpoint, ReloadResult
 log = logging.getLogger("amzguard")
 
 RELOAD_SIGNAL = signal.SIGUSR1
-LIBMILTER_STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 DRAIN_TIMEOUT = 25.0
 """Seconds a stop waits for messages in progress; the unit's TimeoutStopSec leaves room above it."""
 
@@ -98,35 +102,47 @@ def summary(config: Config) -> str:
     return f"mode={config.policy.mode.value}, review channel {review}, log_addresses={config.log_addresses.style.value}"
 
 
-class ReloadSignal:
-    """SIGUSR1 -> ``on_reload`` on a watcher thread (see the module docstring for why not a handler)."""
+class ServiceSignals:
+    """SIGTERM/SIGINT/SIGHUP (stop) and SIGUSR1 (reload), delivered to the main thread's loop."""
 
-    def __init__(self, on_reload: Callable[[], object]) -> None:
-        self.on_reload = on_reload
-        self.thread: threading.Thread | None = None
+    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RELOAD_SIGNAL)
+    STOP = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
-    def block(self) -> None:
-        """Block SIGUSR1 and libmilter's stop signals in this thread and so in every thread created after;
-        call before any exists.
+    def __init__(self) -> None:
+        """Install in the main thread, before any other thread exists."""
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous_wakeup = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for signum in self.HANDLED:
+            signal.signal(signum, _wake_only)
 
-        libmilter blocks its stop signals only when its main loop starts; a thread started earlier (the
-        metrics endpoint) would otherwise receive SIGTERM and die of its default action, taking the
-        process down without a drain. Blocked, they wait for libmilter's own ``sigwait``.
-        """
-        signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL, *LIBMILTER_STOP_SIGNALS})
+    @contextmanager
+    def blocked(self) -> Iterator[None]:
+        """Threads started in here inherit a mask without our signals, so only the main thread gets them."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, self.HANDLED)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._watch, name="amzguard-reload", daemon=True)
-        self.thread.start()
+    def wait(self, timeout: float) -> int | None:
+        """The next signal number, or None after ``timeout`` seconds without one."""
+        ready, _, _ = select.select([self._reader], [], [], timeout)
+        if not ready:
+            return None
+        data = self._reader.recv(1)
+        return data[0] if data else None
 
-    def _watch(self) -> None:
-        while True:
-            signal.sigwait({RELOAD_SIGNAL})
-            log.info("SIGUSR1: reloading the configuration")
-            try:
-                self.on_reload()
-            except Exception:  # the watcher must survive whatever a reload does
-                log.exception("reload failed")
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_wakeup)
+        for signum in self.HANDLED:
+            signal.signal(signum, signal.SIG_DFL)
+        self._reader.close()
+        self._writer.close()
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The C-level handler already wrote ``signum`` to the wakeup socket; the loop acts on it."""
 
 
 def start_metrics(metrics: Metrics, settings: MetricsSettings) -> MetricsEndpoint | None:
