@@ -9,9 +9,11 @@ RUN_DIR     := $(CURDIR)/var/run
 RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 
 
-# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests.
+# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
+# Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
+# postfix); systemd provides systemd-analyze for the unit checks.
 RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd
 
 .PHONY: run test check-config system-run system-test venv clean
 
@@ -24,7 +26,7 @@ test: system-test $(STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 check-config: $(STAMP)
-	$(VENV)/bin/amzguard check-config -c etc/amzguard.yml
+	@for f in $$(find etc -name '*.yml' -not -path 'etc/prometheus/*'); do $(VENV)/bin/amzguard check-config -c $$f || exit 1; done
 
 system-run:
 	@./.ci/ensure-packages $(RUN_PACKAGES)
