@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import threading
+import time
 from pathlib import Path
 
 import signal
@@ -121,7 +123,7 @@ def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, conf
             log.info("%s: stopping", signal.Signals(signum).name)
             notify("STOPPING=1")
             drain(runtime)
-            libmilter.stop()
+            _stop_libmilter(spec)
             break
     loop.join(STOP_JOIN_SECONDS)
     if endpoint is not None:
@@ -132,8 +134,35 @@ def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, conf
 
 
 STOP_JOIN_SECONDS = 10.0
-"""smfi_stop() returns once libmilter's listener ends its current poll (up to 5 s); its main loop then
-returns at once. The process exits after this long even if it does not."""
+"""How long to wait for libmilter's main loop to return after the stop; the process exits anyway."""
+
+
+def _stop_libmilter(spec: str) -> None:
+    """smfi_stop(), without waiting out libmilter's 5 s listener poll.
+
+    smfi_stop() needs the listener's lock, which the listener holds while it polls the socket. A
+    connection to our own socket ends the poll; once the stop flag is set the listener leaves its loop.
+    """
+    stopper = threading.Thread(target=libmilter.stop, name="libmilter-stop", daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + STOP_JOIN_SECONDS
+    while stopper.is_alive() and time.monotonic() < deadline:
+        _poke(spec)
+        stopper.join(0.05)
+
+
+def _poke(spec: str) -> None:
+    path = unix_socket_path(spec)
+    try:
+        if path is not None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(path))
+        else:
+            port, _, host = spec.split(":", 1)[1].partition("@")
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5).close()
+    except (OSError, ValueError):
+        pass  # the listener is gone already, or the spec has no connectable form: the stop goes on
 
 
 def _main_loop(failure: list[BaseException]) -> None:
