@@ -9,9 +9,11 @@ RUN_DIR     := $(CURDIR)/var/run
 RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 
 
-# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests.
+# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
+# Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
+# postfix); systemd provides systemd-analyze for the unit checks.
 RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd
 
 .PHONY: run test soak check-config system-run system-test venv clean
 
@@ -28,7 +30,7 @@ soak: system-test $(STAMP)
 	SOAK_MESSAGES=$${SOAK_MESSAGES:-10000} $(VENV_PY) -m pytest -s tests/e2e/test_soak.py
 
 check-config: $(STAMP)
-	$(VENV)/bin/amzguard check-config -c etc/amzguard.yml
+	@for f in $$(find etc -name '*.yml' -not -path 'etc/prometheus/*'); do $(VENV)/bin/amzguard check-config -c $$f || exit 1; done
 
 system-run:
 	@./.ci/ensure-packages $(RUN_PACKAGES)

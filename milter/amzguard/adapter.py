@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -20,6 +22,7 @@ import Milter
 from .address import Address, Recipient, classify_recipient, parse_address
 from .config import Config
 from .decision_log import decision_line
+from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOperation
 from .optout import OptOutStore, StoreError
 from .policy import (
     AddRecipient,
@@ -76,15 +79,48 @@ class Snapshot:
 
 
 class Runtime:
-    """Holds the current snapshot; connections take it once, a reload swaps it atomically."""
+    """Holds the current snapshot; connections take it once, a reload swaps it atomically.
 
-    def __init__(self, config: Config) -> None:
+    It also owns the process's metrics and knows how many messages are in progress, so that a stop can
+    let them finish (drain) instead of cutting them off. Idle connections between messages do not
+    hold a stop up: the MTA applies its default action to what it sends after the milter is gone.
+    """
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.snapshot = Snapshot.of(config)
         check_store(self.snapshot)
+        self.metrics = metrics or Metrics()
+        self.metrics.config_loaded(config.policy.mode)
+        self._messages_in_progress = 0
+        self._progress_changed = threading.Condition()
 
     def swap(self, config: Config) -> None:
         self.snapshot = Snapshot.of(config, previous=self.snapshot)
         check_store(self.snapshot)
+
+    def message_started(self) -> None:
+        with self._progress_changed:
+            self._messages_in_progress += 1
+
+    def message_finished(self) -> None:
+        with self._progress_changed:
+            self._messages_in_progress -= 1
+            self._progress_changed.notify_all()
+
+    def messages_in_progress(self) -> int:
+        with self._progress_changed:
+            return self._messages_in_progress
+
+    def wait_idle(self, timeout: float) -> int:
+        """Wait until no message is in progress, at most ``timeout`` seconds; returns how many still are."""
+        deadline = time.monotonic() + timeout
+        with self._progress_changed:
+            while self._messages_in_progress > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._progress_changed.wait(remaining)
+            return self._messages_in_progress
 
 
 def check_store(snapshot: Snapshot) -> None:
@@ -114,7 +150,7 @@ def submission_path(hostname: str, hostaddr: object) -> SubmissionPath:
     return SubmissionPath.UNKNOWN
 
 
-def guarded(stage: str, replies: bool) -> Callable[[F], F]:
+def guarded(stage: MilterStage, replies: bool) -> Callable[[F], F]:
     """Catch every exception of a callback, log it with its traceback, and remember the failure.
 
     ``replies`` says whether this callback may answer with an error code; callbacks negotiated as
@@ -127,9 +163,10 @@ def guarded(stage: str, replies: bool) -> Callable[[F], F]:
             try:
                 return func(self, *args)
             except Exception:
-                log.exception("%s: internal error in %s callback", self.queue_id(), stage)
-                self.failed_stage = self.failed_stage or stage
-                return self.error_reply() if replies else Milter.CONTINUE
+                log.exception("%s: internal error in %s callback", self.queue_id(), stage.value)
+                self.metrics.error(stage)
+                self.failed_stage = self.failed_stage or stage.value
+                return self.error_reply(final=stage is MilterStage.EOM) if replies else Milter.CONTINUE
 
         return wrapper  # type: ignore[return-value]
 
@@ -141,10 +178,14 @@ class AmzguardMilter(Milter.Base):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
+        self.runtime = runtime
         self.snapshot = runtime.snapshot
+        self.metrics = runtime.metrics
         self.path = SubmissionPath.UNKNOWN
         self.failed_stage: str | None = None
+        self.message_open = False
         self._reset_message()
+        self.metrics.connection_opened()
 
     def negotiate(self, opts: list[int]) -> int:
         """Ask only for the actions amzguard uses, so the MTA knows nothing else will be requested."""
@@ -168,6 +209,29 @@ class AmzguardMilter(Milter.Base):
         self._body = bytearray()
         self._body_wanted: bool | None = None
         self.failed_stage = None
+        self.rcpt_passed = 0
+        self.rcpt_refused = 0
+        self.rcpt_tempfailed = 0
+
+    def _start_message(self) -> None:
+        self.message_open = True
+        self.runtime.message_started()
+
+    def _finish_message(self, result: MessageResult | None) -> None:
+        """Count the message once, with what the MTA was finally told (None: nothing to count)."""
+        if self.message_open:
+            self.message_open = False
+            self.runtime.message_finished()
+            if result is not None:
+                self.metrics.message(result, self.path)
+
+    def _end_transaction(self) -> None:
+        """A transaction ends without end of message when amzguard refused or tempfailed every recipient
+        at RCPT (the MTA then never sends DATA); count it as the message's result."""
+        result = None
+        if not self.rcpt_passed and (self.rcpt_refused or self.rcpt_tempfailed):
+            result = MessageResult.TEMPFAILED if self.rcpt_tempfailed else MessageResult.REJECTED
+        self._finish_message(result)
 
     def queue_id(self) -> str:
         try:
@@ -176,58 +240,74 @@ class AmzguardMilter(Milter.Base):
             value = None
         return value or "NOQUEUE"
 
-    def error_reply(self) -> int:
-        """The configured answer to an internal error, in a form legal at the current callback."""
-        if self.snapshot.config.milter.on_error == "accept":
+    def error_reply(self, final: bool = False) -> int:
+        """The configured answer to an internal error, in a form legal at the current callback.
+
+        ``final``: answered at end of message. Monitor mode always accepts: it promises to leave the
+        mail flow alone, so an amzguard bug found during a rollout must not hold mail either.
+        """
+        if self.snapshot.config.milter.on_error == "accept" or self.snapshot.policy.settings.mode is Mode.MONITOR:
+            self._finish_message(MessageResult.ACCEPTED)
             return Milter.ACCEPT
+        if final:
+            self._finish_message(MessageResult.TEMPFAILED)
+        else:
+            self.rcpt_tempfailed += 1
         self.setreply("451", "4.7.1", TEMPFAIL_TEXT)
         return Milter.TEMPFAIL
 
     # -- callbacks ---------------------------------------------------------------------------------
 
     @Milter.noreply
-    @guarded("connect", replies=False)
+    @guarded(MilterStage.CONNECT, replies=False)
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         self.path = submission_path(hostname, hostaddr) if family != socket.AF_UNIX else SubmissionPath.UNKNOWN
         return Milter.CONTINUE
 
     @Milter.noreply
-    @guarded("mail", replies=False)
+    @guarded(MilterStage.MAIL, replies=False)
     def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._end_transaction()
         self._reset_message()
+        self._start_message()
         self.sender = parse_address(mailfrom)
         return Milter.CONTINUE
 
-    @guarded("rcpt", replies=True)
+    @guarded(MilterStage.RCPT, replies=True)
     def envrcpt(self, to: str, *params: str) -> int:
         if self.failed_stage:
             return self._rcpt_error()
-        snapshot = self.snapshot
-        recipient = classify_recipient(to, snapshot.policy.settings.buyers)
-        decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
-        if decision is None:
-            self.recipients.append(recipient)
-            return Milter.CONTINUE
-        self._log_decision(decision, "rcpt")
-        if snapshot.policy.settings.mode is Mode.MONITOR:
-            self.recipients.append(recipient)
-            return Milter.CONTINUE
-        reject = snapshot.policy.rcpt_reject(recipient)
-        self.setreply(reject.code, reject.status, reject.text)
-        return Milter.REJECT
+        with self.metrics.deciding(DecisionStage.RCPT):
+            snapshot = self.snapshot
+            recipient = classify_recipient(to, snapshot.policy.settings.buyers)
+            decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
+            if decision is None:
+                self.recipients.append(recipient)
+                self.rcpt_passed += 1
+                return Milter.CONTINUE
+            self._log_decision(decision, "rcpt")
+            if snapshot.policy.settings.mode is Mode.MONITOR:
+                # Decided and counted already: the recipient stays in the envelope, but is not judged
+                # again at end of message (one would-be decision per recipient, as in enforce mode).
+                self.rcpt_passed += 1
+                return Milter.CONTINUE
+            reject = snapshot.policy.rcpt_reject(recipient)
+            self.setreply(reject.code, reject.status, reject.text)
+            self.rcpt_refused += 1
+            return Milter.REJECT
 
     def _rcpt_error(self) -> int:
         # A tempfail at RCPT is only legal for smtpd; otherwise answer at end of message.
         return self.error_reply() if self.path is SubmissionPath.SMTP else Milter.CONTINUE
 
     @Milter.noreply
-    @guarded("data", replies=False)
+    @guarded(MilterStage.DATA, replies=False)
     def data(self) -> int:
         # Defined so that Postfix gets an answer at DATA instead of waiting on a delayed ACK over inet:.
         return Milter.CONTINUE
 
     @Milter.noreply
-    @guarded("header", replies=False)
+    @guarded(MilterStage.HEADER, replies=False)
     def header(self, name: str, value: str) -> int:
         key = name.casefold() if isinstance(name, str) else str(name).casefold()
         self.header_counts[key] = self.header_counts.get(key, 0) + 1
@@ -237,7 +317,7 @@ class AmzguardMilter(Milter.Base):
             self.headers.append((name, value[:MAX_HEADER_VALUE]))
         return Milter.CONTINUE
 
-    @guarded("body", replies=False)
+    @guarded(MilterStage.BODY, replies=False)
     def body(self, chunk: bytes) -> int:
         """Read the body only of a tagged review request whose subject lacks the order id, and only its
         first ``MAX_BODY_SCAN`` bytes; every other message is told to skip the rest of its body."""
@@ -252,23 +332,28 @@ class AmzguardMilter(Milter.Base):
     def _facts(self) -> MessageFacts:
         return MessageFacts(sender=self.sender, path=self.path, headers=tuple(self.headers))
 
-    @guarded("eom", replies=True)
+    @guarded(MilterStage.EOM, replies=True)
     def eom(self) -> int:
-        if self.failed_stage:
-            log.error("%s: message not judged after failure in %s callback", self.queue_id(), self.failed_stage)
-            return self.error_reply()
-        facts = self.snapshot.policy.read_order_id(self._facts(), bytes(self._body))
-        questions = self.snapshot.policy.store_questions(facts, self.recipients)
-        if not questions:
-            return self._judge(facts)
-        store = self.snapshot.store
-        with store.review_lock:  # from look-up to record: a second request for the order waits here
-            try:
-                facts = self._answer(store, questions, facts)
-            except StoreError as exc:
-                if self._store_failed(exc, "look-up"):
-                    return self._store_tempfail()
-            return self._judge(facts)
+        with self.metrics.deciding(DecisionStage.EOM):
+            if self.failed_stage:
+                log.error("%s: message not judged after failure in %s callback", self.queue_id(), self.failed_stage)
+                return self.error_reply(final=True)
+            policy = self.snapshot.policy
+            facts = policy.read_order_id(self._facts(), bytes(self._body))
+            for channel in policy.bad_token_channels(facts):
+                log.warning("%s: %s tag with a wrong secret (treated as untagged)", self.queue_id(), channel.value)
+                self.metrics.bad_token(channel)
+            questions = policy.store_questions(facts, self.recipients)
+            if not questions:
+                return self._judge(facts)
+            store = self.snapshot.store
+            with store.review_lock:  # from look-up to record: a second request for the order waits here
+                try:
+                    facts = self._answer(store, questions, facts)
+                except StoreError as exc:
+                    if self._store_failed(exc, StoreOperation.LOOKUP):
+                        return self._store_tempfail()
+                return self._judge(facts)
 
     @staticmethod
     def _answer(store: OptOutStore, questions: StoreQuestions, facts: MessageFacts) -> MessageFacts:
@@ -291,7 +376,7 @@ class AmzguardMilter(Milter.Base):
                 # Forgetting a review request would let a second one through: that message waits. A buyer
                 # message not remembered only weakens a later thread check: that message goes on.
                 must_record = any(isinstance(record, ReviewSent) for record in records)
-                if self._store_failed(exc, "record", must_record):
+                if self._store_failed(exc, StoreOperation.RECORD, must_record):
                     return self._store_tempfail()
         if facts.order_id:
             log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
@@ -299,35 +384,39 @@ class AmzguardMilter(Milter.Base):
             self._log_decision(decision, "eom")
         return self._apply(plan)
 
-    def _store_failed(self, exc: StoreError, what: str, needed: bool = True) -> bool:
-        """Log a store failure; True when the message must be tempfailed (``store.on_error``)."""
-        # TODO(lead, after merging issue 3's metrics.py): count store failures here, e.g.
-        # amzguard_store_errors_total{stage="look-up"|"record"}; they are not decisions, so no enum covers them.
+    def _store_failed(self, exc: StoreError, operation: StoreOperation, needed: bool = True) -> bool:
+        """Log and count a store failure; True when the message must be tempfailed (``store.on_error``)."""
+        self.metrics.store_error(operation)
         # Monitor mode changes nothing in the mail flow, not even for a broken store.
         settings = self.snapshot.policy.settings
         tempfail = needed and self.snapshot.config.store.on_error == "tempfail" and settings.mode is Mode.ENFORCE
         consequence = "message tempfailed" if tempfail else "message judged without it"
-        log.error("%s: opt-out store unavailable (%s): %s; %s (store.on_error=%s)", self.queue_id(), what, exc,
-                  consequence, self.snapshot.config.store.on_error)  # fmt: skip
+        log.error("%s: opt-out store unavailable (%s): %s; %s (store.on_error=%s)", self.queue_id(),
+                  operation.value, exc, consequence, self.snapshot.config.store.on_error)  # fmt: skip
         return tempfail
 
     def _store_tempfail(self) -> int:
         self.setreply("451", "4.7.1", STORE_TEMPFAIL_TEXT)
+        self._finish_message(MessageResult.TEMPFAILED)
         return Milter.TEMPFAIL
 
-    @guarded("abort", replies=False)
+    @guarded(MilterStage.ABORT, replies=False)
     def abort(self) -> int:
+        self._end_transaction()
         self._reset_message()
         return Milter.CONTINUE
 
     def close(self) -> int:
-        # The store keeps one SQLite connection per MTA connection (per pymilter thread state); Python
-        # does not reliably free thread-local data of C-created thread states, so close it here, or every
-        # SMTP session would leave its file descriptors open.
         try:
+            self._end_transaction()
+            # The store keeps one SQLite connection per MTA connection (per pymilter thread state);
+            # Python does not reliably free thread-local data of C-created thread states, so close it
+            # here, or every SMTP session would leave its file descriptors open (the soak test shows it).
             self.snapshot.store.close()
         except Exception:
-            log.exception("closing the opt-out store connection failed")
+            log.exception("%s: internal error in close callback", self.queue_id())
+        finally:
+            self.metrics.connection_closed()
         return Milter.CONTINUE
 
     # -- applying the plan -------------------------------------------------------------------------
@@ -335,6 +424,7 @@ class AmzguardMilter(Milter.Base):
     def _apply(self, plan: MessagePlan) -> int:
         if plan.reject is not None:
             self.setreply(plan.reject.code, plan.reject.status, plan.reject.text)
+            self._finish_message(MessageResult.REJECTED)
             return Milter.REJECT
         for change in plan.changes:
             match change:
@@ -346,11 +436,14 @@ class AmzguardMilter(Milter.Base):
                     self.addrcpt(address, params)
                 case DeleteHeader(name=name, index=index):
                     self.chgheader(name, index, None)
+        self._finish_message(MessageResult.MODIFIED if plan.changes else MessageResult.ACCEPTED)
         return Milter.ACCEPT
 
     def _log_decision(self, decision: Decision, stage: str) -> None:
         settings = self.snapshot.policy.settings
-        log.info(decision_line(self.queue_id(), self.sender, decision, self.path, stage, settings.mode))
+        privacy = self.snapshot.config.log_addresses
+        log.info(decision_line(self.queue_id(), self.sender, decision, self.path, stage, settings.mode, privacy))
+        self.metrics.recipient(decision, settings.mode)
 
 
 MILTER_ACTIONS = Milter.ADDRCPT | Milter.ADDRCPT_PAR | Milter.DELRCPT | Milter.CHGHDRS

@@ -1,4 +1,4 @@
-"""Command line: ``amzguard run``, ``amzguard check-config`` and ``amzguard optout …`` (see optout_cli.py)."""
+"""Command line: ``amzguard run``, ``check-config``, ``explain`` and ``optout …`` (see optout_cli.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, optout_cli
-from .config import ConfigError, config_path_from_env, load_config
+from .config import Config, ConfigError, config_path_from_env, load_config
 
 LOG_FORMAT = "amzguard[%(process)d]: %(levelname)s: %(message)s"
 
@@ -29,6 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config(commands.add_parser("run", help="run the milter in the foreground"))
     run.add_argument("--socket", metavar="SPEC", help="override milter.socket (unix:/path, inet:PORT@HOST)")
     with_config(commands.add_parser("check-config", help="validate the config file and exit"))
+    explain = with_config(
+        commands.add_parser("explain", help="show what the config decides for a message to these addresses, and why")
+    )
+    explain.add_argument("addresses", nargs="+", metavar="ADDRESS", help="envelope recipient(s) of one message")
+    explain.add_argument("--sender", default="", metavar="ADDR", help="envelope sender (default: <>)")
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="a header field of the message (repeatable)"
+    )
+    explain.add_argument(
+        "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
+    )
     optout_cli.add_parser(commands, with_config)
     return parser
 
@@ -48,14 +59,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "optout":
         logging.basicConfig(level=logging.WARNING, format="amzguard: %(message)s", stream=sys.stderr)
         return optout_cli.run(args, config)
+    if args.command == "explain":
+        return _explain(config, args)
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
     try:
-        serve(config, socket_spec=args.socket)
+        serve(config, socket_spec=args.socket, config_path=path)
     except ServeError as exc:
         logging.getLogger("amzguard").error("%s", exc)
         return 1
+    return 0
+
+
+def _explain(config: Config, args: argparse.Namespace) -> int:
+    from .explain import HeaderSyntaxError, explain, parse_header
+    from .policy import SubmissionPath
+
+    try:
+        headers = [parse_header(text) for text in args.header]
+    except HeaderSyntaxError as exc:
+        print(f"amzguard: --header: {exc}", file=sys.stderr)
+        return 2
+    path = SubmissionPath.LOCAL if args.sendmail else SubmissionPath.SMTP
+    for line in explain(config, args.addresses, args.sender, path, headers):
+        print(line)
     return 0
 
 

@@ -30,6 +30,7 @@ from .policy import (
     ReplyCheck,
     ReviewChannelSettings,
 )
+from .privacy import AddressPrivacy, AddressStyle
 
 DEFAULT_CONFIG_PATH = Path("/etc/amzguard/amzguard.yml")
 
@@ -61,6 +62,7 @@ REASON_TEXT_KEYS: dict[Reason, str] = {
     Reason.NO_ORDER_ID: "no_order_id_text",
 }
 DEFAULT_STORE_PATH = Path("/var/lib/amzguard/amzguard.sqlite")
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9925"
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +95,22 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool
+    host: str
+    port: int
+    """0: any free port (tests); the real one is logged."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     milter: MilterSettings
     policy: PolicySettings
     log_level: str
     store: StoreSettings = StoreSettings()
+    log_addresses: AddressPrivacy = AddressPrivacy()
+    metrics: MetricsSettings = MetricsSettings(enabled=False, host="127.0.0.1", port=9925)
 
 
 _SOCKET_RE = re.compile(
@@ -112,6 +124,7 @@ _SOCKET_RE = re.compile(
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _DOMAIN_RE = DOMAIN_NAME_RE
 _SENDER_RE = re.compile(r"^[^@\s]*@[^@\s]+$")
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
 
 T = TypeVar("T")
 
@@ -176,13 +189,21 @@ def _printable_ascii(value: object) -> bool:
     return isinstance(value, str) and value.isascii() and value.isprintable() and "%" not in value
 
 
-def _read_token(review: _Section, base: Path | None, enabled: bool) -> bytes:
-    """The review secret; a token file is only read when the channel is on, so a shipped config that
-    names a not-yet-created file still passes check-config while the channel is off."""
-    inline = review.get("token", "", "a non-empty string", _is_str)
-    token_file = review.get("token_file", "", "a file path", _is_str)
+def _read_token(
+    review: _Section,
+    base: Path | None,
+    enabled: bool,
+    inline_key: str = "token",
+    file_key: str = "token_file",
+    holds: str = "the review secret",
+) -> bytes:
+    """A secret given inline or in a file (the review token, the log hash key); the file is only read
+    when the feature is on, so a shipped config that names a not-yet-created file still passes
+    check-config while the feature is off."""
+    inline = review.get(inline_key, "", "a non-empty string", _is_str)
+    token_file = review.get(file_key, "", "a file path", _is_str)
     if inline and token_file:
-        raise review.error("token", "either token or token_file, not both")
+        raise review.error(inline_key, f"either {inline_key} or {file_key}, not both")
     if token_file and enabled:
         path = Path(token_file)
         if not path.is_absolute() and base is not None:
@@ -190,26 +211,26 @@ def _read_token(review: _Section, base: Path | None, enabled: bool) -> bytes:
         try:
             text = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise review.error("token_file", f"a readable file ({exc.strerror}: {path})") from None
+            raise review.error(file_key, f"a readable file ({exc.strerror}: {path})") from None
         except UnicodeDecodeError:
-            raise review.error("token_file", f"a UTF-8 text file ({path})") from None
-        _warn_if_world_readable(path, "channels.review.token_file")
+            raise review.error(file_key, f"a UTF-8 text file ({path})") from None
+        _warn_if_world_readable(path, review._name(file_key), holds)
         inline = text
     elif inline and base is not None:
-        _warn_if_world_readable(base, "channels.review.token (inline secret in the config file)")
+        _warn_if_world_readable(base, f"{review._name(inline_key)} (inline secret in the config file)", holds)
     token = inline.strip()
     if token and (len(token) < 16 or not token.isascii() or any(ch.isspace() for ch in token)):
-        raise review.error("token", "at least 16 printable ASCII characters without spaces")
+        raise review.error(inline_key, "at least 16 printable ASCII characters without spaces")
     return token.encode("ascii")
 
 
-def _warn_if_world_readable(path: Path, what: str) -> None:
+def _warn_if_world_readable(path: Path, what: str, holds: str) -> None:
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & stat.S_IROTH:
-        log.warning("%s: %s is readable by every user; chmod o-r it (it holds the review secret)", path, what)
+        log.warning("%s: %s is readable by every user; chmod o-r it (it holds %s)", path, what, holds)
 
 
 def _parse_mode(section: _Section, key: str, default: int) -> int:
@@ -384,7 +405,20 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
     level = logging_section.get(
         "level", "info", "one of debug, info, warning, error", lambda v: v in ("debug", "info", "warning", "error")
     )
+    address_style = AddressStyle(
+        logging_section.get(
+            "log_addresses",
+            AddressStyle.MASKED.value,
+            "one of full, masked, hashed",
+            lambda v: v in {s.value for s in AddressStyle},
+        )
+    )
+    hashed = address_style is AddressStyle.HASHED
+    hash_key = _read_token(logging_section, path, hashed, "hash_key", "hash_key_file", "the log hash key")
+    if hashed and not hash_key:
+        raise logging_section.error("hash_key", "a key (hash_key or hash_key_file) when log_addresses is hashed")
     logging_section.done()
+    metrics = _parse_metrics(top.section("metrics"))
     top.done()
 
     policy = PolicySettings(
@@ -414,7 +448,24 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
         policy=policy,
         log_level=level,
         store=store,
+        log_addresses=AddressPrivacy(address_style, hash_key, policy.buyers.marked_prefixes),
+        metrics=metrics,
     )
+
+
+def _parse_metrics(section: _Section) -> MetricsSettings:
+    enabled = section.get("enabled", True, "true or false", _is_bool)
+    expected = "HOST:PORT (e.g. 127.0.0.1:9925, [::1]:9925)"
+    listen = section.get(
+        "listen", DEFAULT_METRICS_LISTEN, expected, lambda v: isinstance(v, str) and bool(_LISTEN_RE.match(v))
+    )
+    section.done()
+    match = _LISTEN_RE.match(listen)
+    assert match is not None  # checked above
+    port = int(match["port"])
+    if port > 65535:
+        raise section.error("listen", expected, listen)
+    return MetricsSettings(enabled=enabled, host=match["v6"] or match["host"], port=port)
 
 
 def load_config(path: Path | str) -> Config:

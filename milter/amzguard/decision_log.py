@@ -1,20 +1,22 @@
 """The one log line written per recipient decision.
 
 Postfix admins grep mail logs by queue id, so each line starts with it (``NOQUEUE`` before Postfix has
-assigned one, as Postfix itself writes) and carries key=value fields in a fixed order.
+assigned one, as Postfix itself writes) and carries key=value fields in a fixed order. Addresses are
+written as ``logging.log_addresses`` says (see privacy.py): buyer addresses are personal data.
 """
 
 from __future__ import annotations
 
 from .address import Address
 from .policy import Decision, Mode, SubmissionPath
+from .privacy import FULL_ADDRESSES, AddressPrivacy
 
 
 MAX_LOGGED_ADDRESS = 256
 
 
-def _bracketed(address: Address) -> str:
-    text = "" if address.is_empty else address.text()
+def _bracketed(address: Address, privacy: AddressPrivacy) -> str:
+    text = privacy.render(address)
     if len(text) > MAX_LOGGED_ADDRESS:
         text = f"{text[:MAX_LOGGED_ADDRESS]}...({len(text)} chars)"
     # Control characters and undecodable octets must not forge extra log lines or break the reader.
@@ -29,10 +31,12 @@ def decision_line(
     path: SubmissionPath,
     stage: str,
     mode: Mode,
+    privacy: AddressPrivacy = FULL_ADDRESSES,
 ) -> str:
     outcome = decision.outcome.value if mode is Mode.ENFORCE else f"would-{decision.outcome.value}"
     return (
-        f"{queue_id or 'NOQUEUE'}: from={_bracketed(sender)} rcpt={_bracketed(decision.recipient.address)}"
+        f"{queue_id or 'NOQUEUE'}: from={_bracketed(sender, privacy)}"
+        f" rcpt={_bracketed(decision.recipient.address, privacy)}"
         f" path={path.value} stage={stage} channel={decision.channel.value}"
         f" decision={outcome} reason={decision.reason.value}"
     )

@@ -67,6 +67,10 @@ MAX_QUERY_KEYS = 200
 """Keys per query; a longer lookup (a message to many buyers) is split, well below SQLite's limit."""
 
 
+SOURCES = ("cli", "import", "notice")
+"""How register entries come in: ``amzguard optout add``, ``optout import``, or learned by ``optout learn``."""
+
+
 class StoreError(Exception):
     """The store cannot be opened, read or written; the message names the file and the reason."""
 
@@ -77,7 +81,7 @@ class OptOut:
     """``buyer_key`` of the address."""
     order_id: str | None = None
     source: str = "cli"
-    """``cli``, ``import`` or ``notice``: how the entry came in."""
+    """One of ``SOURCES``: how the entry came in."""
     added_at: int = 0
 
 
@@ -343,6 +347,11 @@ class OptOutStore:
             return Counts(changed=removed, unchanged=len(buyers) - removed)
 
         return self._run(write)  # type: ignore[return-value]
+
+    def counts_by_source(self) -> dict[str, int]:
+        """Register entries per ``source`` (one scan; for the metrics, read when Prometheus scrapes)."""
+        rows = self._run(lambda conn: conn.execute("SELECT source, count(*) FROM optout GROUP BY source").fetchall())
+        return {str(source): int(count) for source, count in rows}  # type: ignore[union-attr]
 
     def entries(self) -> list[OptOut]:
         rows = self._run(

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from email.utils import getaddresses
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from .address import (
     Address,
@@ -231,6 +231,20 @@ class ChannelRule(Protocol):
         """Why a message this rule grants must still not reach this buyer, or None."""
 
 
+@runtime_checkable
+class TaggedChannelRule(Protocol):
+    """A channel rule that recognises its messages by a secret in a tag header.
+
+    Optional beside ``ChannelRule``: rules that have it can say when a tag was present but its secret
+    wrong, which the metrics count (a misconfigured shop mailer, or someone guessing the secret).
+    """
+
+    channel: Channel
+
+    def bad_token(self, facts: MessageFacts) -> bool:
+        """The message carries this channel's tag, but no tag field holds the right secret."""
+
+
 def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
@@ -242,6 +256,12 @@ def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
         if entry == mailbox:
             return True
     return False
+
+
+def tag_keyword(value: str) -> str:
+    """The channel a tag field names (its first word, case-folded); empty for an empty field."""
+    words = value.split()
+    return words[0].casefold() if words else ""
 
 
 def tag_value_matches(value: str, token: bytes) -> bool:
@@ -295,6 +315,12 @@ class ReviewChannel:
         if self.settings.one_per_order and facts.order_id in facts.reviewed_orders:
             return Reason.DUPLICATE_REVIEW
         return None
+
+    def bad_token(self, facts: MessageFacts) -> bool:
+        # Only fields that name this channel count, so another channel's tag in the same header is no
+        # false alarm. With the channel off and no secret loaded every review tag is bad: none can match.
+        tags = [value for value in facts.header_values(self.settings.header) if tag_keyword(value) == "review"]
+        return bool(tags) and not any(tag_value_matches(value, self.settings.token) for value in tags)
 
 
 def message_ids(value: str) -> list[str]:
@@ -555,6 +581,12 @@ class Policy:
                 return Decision(recipient, Outcome.DELIVER_UNMARKED, Reason.CHANNEL, rule.channel)
         return Decision(recipient, Outcome.REFUSE, Reason.BUYER_MAIL)
 
+    def bad_token_channels(self, facts: MessageFacts) -> tuple[Channel, ...]:
+        """Channels whose tag the message carries with a wrong secret (a fact for metrics, not a decision)."""
+        return tuple(
+            rule.channel for rule in self.rules if isinstance(rule, TaggedChannelRule) and rule.bad_token(facts)
+        )
+
     def rcpt_reject(self, recipient: Recipient) -> Reject:
         return Reject(refusal_text(self.settings.reply_text, [recipient]))
 
@@ -723,6 +755,7 @@ __all__ = [
     "StoreQuestions",
     "StoreRecord",
     "SubmissionPath",
+    "TaggedChannelRule",
     "format_address",
     "plan_message",
     "refusal_address",

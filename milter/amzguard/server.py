@@ -1,8 +1,8 @@
 """Running the milter: socket, libmilter registration, main loop.
 
 pymilter's ``runmilter`` opens the socket and enters the loop in one call; amzguard registers the callbacks
-itself so it can set the socket's permissions and say "listening" (later: tell systemd it is ready) only
-once the socket really accepts connections.
+itself so it can set the socket's permissions and say "listening" and tell systemd it is ready only
+once the socket really accepts connections. Reload, drain and metrics live in service.py.
 """
 
 from __future__ import annotations
@@ -10,13 +10,20 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import threading
+import time
 from pathlib import Path
+
+import signal
 
 import Milter
 import milter as libmilter  # pymilter's C extension
 
 from .adapter import MILTER_ACTIONS, AmzguardMilter, Runtime
 from .config import Config
+from .metrics import Metrics
+from .service import ServiceError, ServiceSignals, drain, notify, reload_config, start_metrics, summary
 
 log = logging.getLogger("amzguard")
 
@@ -66,11 +73,28 @@ def _register(name: str, spec: str, timeout: int) -> None:
     )
 
 
-def serve(config: Config, socket_spec: str | None = None, name: str = "amzguard") -> None:
-    """Run until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP)."""
+def serve(
+    config: Config, socket_spec: str | None = None, name: str = "amzguard", config_path: Path | None = None
+) -> None:
+    """Run until SIGTERM, SIGINT or SIGHUP (finishing the messages in progress); SIGUSR1 reloads ``config_path``."""
     spec = socket_spec or config.milter.socket
-    runtime = Runtime(config)
+    runtime = Runtime(config, Metrics())
+    runtime.metrics.watch_register(lambda: runtime.snapshot.store if runtime.snapshot.uses_store() else None)
     _prepare_socket_directory(spec)
+    signals = ServiceSignals()
+    try:
+        _serve(runtime, signals, spec, name, config_path)
+    finally:
+        signals.close()
+
+
+def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, config_path: Path | None) -> None:
+    config = runtime.snapshot.config
+    try:
+        with signals.blocked():
+            endpoint = start_metrics(runtime.metrics, config.metrics)
+    except ServiceError as exc:
+        raise ServeError(str(exc)) from None
     # pymilter creates each connection's object through this module attribute; the runtime travels
     # inside the factory, so amzguard itself keeps no global state.
     Milter.factory = functools.partial(AmzguardMilter, runtime)
@@ -79,14 +103,72 @@ def serve(config: Config, socket_spec: str | None = None, name: str = "amzguard"
     try:
         libmilter.opensocket(True)
     except libmilter.error as exc:
+        if endpoint is not None:
+            endpoint.close()
         raise ServeError(f"cannot listen on {spec}: {exc}") from None
     finally:
         os.umask(previous_umask)
-    log.info(
-        "listening on %s (mode=%s, review channel %s)",
-        spec,
-        config.policy.mode.value,
-        "on" if config.policy.review.enabled else "off",
-    )
-    libmilter.main()
+    log.info("listening on %s (%s)", spec, summary(config))
+    failure: list[BaseException] = []
+    with signals.blocked():
+        loop = threading.Thread(target=_main_loop, args=(failure,), name="libmilter", daemon=True)
+        loop.start()
+    notify(f"READY=1\nSTATUS=listening on {spec}; {summary(config)}\nMAINPID={os.getpid()}")
+    while loop.is_alive():
+        signum = signals.wait(timeout=1.0)
+        if signum == signal.SIGUSR1:
+            log.info("SIGUSR1: reloading the configuration")
+            if config_path is not None:
+                reload_config(runtime, config_path)
+        elif signum in ServiceSignals.STOP:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            notify("STOPPING=1")
+            drain(runtime)
+            _stop_libmilter(spec)
+            break
+    loop.join(STOP_JOIN_SECONDS)
+    if endpoint is not None:
+        endpoint.close()
+    if failure:
+        raise ServeError(f"libmilter main loop failed: {failure[0]}")
     log.info("stopped")
+
+
+STOP_JOIN_SECONDS = 10.0
+"""How long to wait for libmilter's main loop to return after the stop; the process exits anyway."""
+
+
+def _stop_libmilter(spec: str) -> None:
+    """smfi_stop(), without waiting out libmilter's 5 s listener poll.
+
+    smfi_stop() needs the listener's lock, which the listener holds while it polls the socket. A
+    connection to our own socket ends the poll; once the stop flag is set the listener leaves its loop.
+    """
+    stopper = threading.Thread(target=libmilter.stop, name="libmilter-stop", daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + STOP_JOIN_SECONDS
+    while stopper.is_alive() and time.monotonic() < deadline:
+        _poke(spec)
+        stopper.join(0.05)
+
+
+def _poke(spec: str) -> None:
+    path = unix_socket_path(spec)
+    try:
+        if path is not None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(path))
+        else:
+            port, _, host = spec.split(":", 1)[1].partition("@")
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5).close()
+    except (OSError, ValueError):
+        pass  # the listener is gone already, or the spec has no connectable form: the stop goes on
+
+
+def _main_loop(failure: list[BaseException]) -> None:
+    """libmilter's main loop, on a thread of its own (see service.py for why not the main thread)."""
+    try:
+        libmilter.main()
+    except libmilter.error as exc:
+        failure.append(exc)

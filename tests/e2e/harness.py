@@ -65,6 +65,7 @@ __all__ = [
     "make_workdir",
     "parse_bounce",
     "running_postfix",
+    "smtp_transaction",
     "unique_token",
 ]
 
@@ -557,6 +558,65 @@ def _reply(code: int, text: bytes | str) -> tuple[int, str]:
     return code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
+def smtp_transaction(
+    port: int,
+    sender: str,
+    rcpts: Sequence[str],
+    message: bytes | str,
+    timeout: float = 30,
+    *,
+    mail_options: Sequence[str] = (),
+    rcpt_options: Mapping[str, Sequence[str]] | None = None,
+    helo: str = "client.test",
+) -> SmtpResult:
+    """One SMTP transaction with smtplib against 127.0.0.1:``port``, recording every reply.
+
+    ``rcpt_options`` maps a recipient to extra RCPT parameters, e.g.
+    ``{"x@y": ["ORCPT=rfc822;a@b", "NOTIFY=FAILURE"]}``; ``mail_options``
+    go on MAIL FROM (e.g. ``["SMTPUTF8"]``). Line ends are normalised to
+    CRLF and smtplib does the dot-stuffing. Nothing is raised for 4xx/5xx.
+    """
+    res = SmtpResult()
+    data = _normalize_crlf(message)
+    client = smtplib.SMTP(timeout=timeout)
+    try:
+        try:
+            res.connect_reply = _reply(*client.connect("127.0.0.1", port))
+        except smtplib.SMTPConnectError as e:
+            res.connect_reply = _reply(e.smtp_code, e.smtp_error)
+            res.error = "connect refused by server"
+            return res
+        res.ehlo_reply = _reply(*client.ehlo(helo))
+        if res.ehlo_reply[0] != 250:
+            res.ehlo_reply = _reply(*client.helo(helo))
+            if res.ehlo_reply[0] != 250:
+                return res
+        res.mail_reply = _reply(*client.mail(sender, list(mail_options)))
+        if res.mail_reply[0] != 250:
+            return res
+        for r in rcpts:
+            opts = list((rcpt_options or {}).get(r, ()))
+            res.rcpt_replies[r] = _reply(*client.rcpt(r, opts))
+        if not res.accepted:
+            return res
+        try:
+            res.data_reply = _reply(*client.data(data))
+        except smtplib.SMTPDataError as e:
+            res.data_reply = _reply(e.smtp_code, e.smtp_error)
+        return res
+    except smtplib.SMTPServerDisconnected as e:
+        res.error = f"server disconnected: {e}"
+        return res
+    except (OSError, smtplib.SMTPException) as e:
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    finally:
+        with contextlib.suppress(Exception):
+            client.quit()
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 # --------------------------------------------------------------------------- bounces
 
 
@@ -922,52 +982,11 @@ class PostfixInstance:
         rcpt_options: Mapping[str, Sequence[str]] | None = None,
         helo: str = "client.test",
     ) -> SmtpResult:
-        """One SMTP transaction with smtplib, recording every reply.
-
-        ``rcpt_options`` maps a recipient to extra RCPT parameters, e.g.
-        ``{"x@y": ["ORCPT=rfc822;a@b", "NOTIFY=FAILURE"]}``; ``mail_options``
-        go on MAIL FROM (e.g. ``["SMTPUTF8"]``). Line ends are normalised to
-        CRLF and smtplib does the dot-stuffing. Nothing is raised for 4xx/5xx.
-        """
-        res = SmtpResult()
-        data = _normalize_crlf(message)
-        client = smtplib.SMTP(timeout=timeout)
-        try:
-            try:
-                res.connect_reply = _reply(*client.connect("127.0.0.1", self.smtp_port))
-            except smtplib.SMTPConnectError as e:
-                res.connect_reply = _reply(e.smtp_code, e.smtp_error)
-                res.error = "connect refused by server"
-                return res
-            res.ehlo_reply = _reply(*client.ehlo(helo))
-            if res.ehlo_reply[0] != 250:
-                res.ehlo_reply = _reply(*client.helo(helo))
-                if res.ehlo_reply[0] != 250:
-                    return res
-            res.mail_reply = _reply(*client.mail(sender, list(mail_options)))
-            if res.mail_reply[0] != 250:
-                return res
-            for r in rcpts:
-                opts = list((rcpt_options or {}).get(r, ()))
-                res.rcpt_replies[r] = _reply(*client.rcpt(r, opts))
-            if not res.accepted:
-                return res
-            try:
-                res.data_reply = _reply(*client.data(data))
-            except smtplib.SMTPDataError as e:
-                res.data_reply = _reply(e.smtp_code, e.smtp_error)
-            return res
-        except smtplib.SMTPServerDisconnected as e:
-            res.error = f"server disconnected: {e}"
-            return res
-        except (OSError, smtplib.SMTPException) as e:
-            res.error = f"{type(e).__name__}: {e}"
-            return res
-        finally:
-            with contextlib.suppress(Exception):
-                client.quit()
-            with contextlib.suppress(Exception):
-                client.close()
+        """One SMTP transaction with this instance's smtpd (see :func:`smtp_transaction`)."""
+        return smtp_transaction(
+            self.smtp_port, sender, rcpts, message, timeout,
+            mail_options=mail_options, rcpt_options=rcpt_options, helo=helo,
+        )  # fmt: skip
 
     def swaks(self, args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``swaks --server 127.0.0.1 --port <smtp_port> ARGS``; never raises on rc != 0.

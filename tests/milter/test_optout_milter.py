@@ -134,7 +134,7 @@ def test_unusable_store_tempfails_only_what_needs_it(tmp_path: Path) -> None:
             _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-1-1")],
                                  queue_id="4BROKEN001")  # fmt: skip
         assert eom_reply(eom) == ("451", "4.7.1 amzguard opt-out store unavailable, try again later")
-        proc.wait_log(f"4BROKEN001: opt-out store unavailable (look-up): {missing}: cannot create the store: "
+        proc.wait_log(f"4BROKEN001: opt-out store unavailable (lookup): {missing}: cannot create the store: "
                       "No such file or directory; message tempfailed (store.on_error=tempfail)")  # fmt: skip
         with FakeMta(proc.socket) as mta:  # ordinary mail and refusals never touch the store
             _, eom = mta.message("<shop@shop.test>", [OWNER, BUYER])
@@ -154,7 +154,7 @@ def test_unusable_store_with_on_error_continue(tmp_path: Path) -> None:
             _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-9999999-0000000")],
                                  queue_id="4CONTINUE1")  # fmt: skip
         assert eom[-1].command == c.SMFIR_ACCEPT
-        proc.wait_log("4CONTINUE1: opt-out store unavailable (look-up)")
+        proc.wait_log("4CONTINUE1: opt-out store unavailable (lookup)")
         proc.wait_log("message judged without it (store.on_error=continue)")
 
 
@@ -188,5 +188,5 @@ def test_unusable_store_in_monitor_mode_changes_nothing(tmp_path: Path) -> None:
             _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-1212121-3434343")],
                                  queue_id="4MONITOR01")  # fmt: skip
         assert [reply.command for reply in eom] == [c.SMFIR_ACCEPT]
-        proc.wait_log("4MONITOR01: opt-out store unavailable (look-up)")
+        proc.wait_log("4MONITOR01: opt-out store unavailable (lookup)")
         proc.wait_log("message judged without it (store.on_error=tempfail)")

@@ -175,3 +175,61 @@ def test_inline_secret_in_world_readable_config_warns(tmp_path: Path, caplog: py
     assert f"{conf.resolve()}: channels.review.token (inline secret in the config file) is readable by every user" in (
         caplog.text
     )
+
+
+# -- issue 3: metrics endpoint and address privacy ----------------------------------------------------
+
+
+def test_metrics_and_privacy_defaults() -> None:
+    config = parse_config(None)
+    assert (config.metrics.enabled, config.metrics.host, config.metrics.port) == (True, "127.0.0.1", 9925)
+    assert config.log_addresses.style.value == "masked"
+    assert config.log_addresses.marked_prefixes == ("blacklisted-",)
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [("127.0.0.1:9925", "127.0.0.1", 9925), ("[::1]:9000", "::1", 9000), ("localhost:0", "localhost", 0)],
+)
+def test_metrics_listen(listen: str, host: str, port: int) -> None:
+    settings = parse_config({"metrics": {"listen": listen}}).metrics
+    assert (settings.host, settings.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"metrics": {"listen": "9925"}}, "metrics.listen: expected HOST:PORT"),
+        ({"metrics": {"listen": "127.0.0.1:70000"}}, "metrics.listen: expected HOST:PORT"),
+        ({"metrics": {"enabled": "no"}}, "metrics.enabled: expected true or false"),
+        ({"metrics": {"port": 1}}, "metrics.port: unknown key"),
+        ({"logging": {"log_addresses": "anonymous"}}, "logging.log_addresses: expected one of full, masked, hashed"),
+        ({"logging": {"log_addresses": "hashed"}}, "logging.hash_key: expected a key"),
+        ({"logging": {"log_addresses": "hashed", "hash_key": "short"}}, "logging.hash_key: expected at least 16"),
+    ],
+)
+def test_bad_metrics_and_logging_values(data: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, source="amzguard.yml")
+
+
+def test_hash_key_file(tmp_path: Path) -> None:
+    (tmp_path / "log-key").write_text("0123456789abcdef0123\n")
+    (tmp_path / "log-key").chmod(0o640)
+    path = tmp_path / "amzguard.yml"
+    path.write_text("logging: {log_addresses: hashed, hash_key_file: log-key}\n")
+    config = load_config(path)
+    assert config.log_addresses.key == b"0123456789abcdef0123"
+    path.write_text("logging: {log_addresses: hashed, hash_key_file: missing-key}\n")
+    with pytest.raises(ConfigError, match="logging.hash_key_file: expected a readable file"):
+        load_config(path)
+
+
+def test_every_amzguard_config_under_etc_passes_check_config() -> None:
+    configs = [path for path in (REPO / "etc").rglob("*.yml") if path.parent.name not in ("prometheus",)]
+    assert SHIPPED in configs
+    for path in configs:
+        result = subprocess.run([sys.executable, "-m", "amzguard", "check-config", "-c", str(path)],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0, (path, result.stderr)
+        assert result.stdout.strip() == f"configuration OK: {path}"

@@ -226,3 +226,31 @@ def test_tag_value_matches() -> None:
     assert not tag_value_matches(f"critical {TOKEN}", TOKEN.encode())
     assert not tag_value_matches("review", TOKEN.encode())
     assert not tag_value_matches("", TOKEN.encode())
+
+
+# -- bad channel tags (a fact for the metrics, not a decision) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "bad"),
+    [
+        ([], False),
+        ([TAG], False),
+        ([("X-Amzguard-Channel", "review wrong-secret-000000")], True),
+        ([("X-Amzguard-Channel", "REVIEW wrong-secret-000000")], True),
+        ([("X-Amzguard-Channel", "review")], True),
+        ([("X-Amzguard-Channel", "review wrong"), TAG], False),  # one right tag: the message is granted
+        ([("X-Amzguard-Channel", "reply something-else-0000")], False),  # another channel's tag
+        ([("X-Amzguard-Channel", "")], False),
+    ],
+)
+def test_bad_token_channels(headers: list[tuple[str, str]], bad: bool) -> None:
+    assert make_policy().bad_token_channels(facts(headers)) == ((Channel.REVIEW,) if bad else ())
+
+
+def test_every_review_tag_is_bad_without_a_secret() -> None:
+    """A channel left off reads no token file, so a mailer already tagging is told by the metric."""
+    policy = make_policy(review_enabled=False)
+    policy = dataclasses.replace(policy, rules=(dataclasses.replace(policy.rules[0], settings=dataclasses.replace(
+        policy.settings.review, token=b"")),))  # fmt: skip
+    assert policy.bad_token_channels(facts([TAG])) == (Channel.REVIEW,)

@@ -1,0 +1,157 @@
+"""``amzguard explain``: what the configuration would do with a message to these addresses, and why.
+
+An admin asking "why was this refused?" or "will the review mail get through?" should get the answer of
+the milter itself, not of a second implementation: this runs the same policy calls in the same order as
+the adapter (``Policy.decide_at_rcpt`` per recipient, then ``Policy.decide`` and ``Policy.plan`` at end of
+message), on facts given on the command line instead of read from the MTA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .address import Address, Recipient, classify_recipient, parse_address
+from .config import Config
+from .policy import (
+    AddRecipient,
+    Decision,
+    DeleteHeader,
+    DeleteRecipient,
+    MessageFacts,
+    MessagePlan,
+    Mode,
+    Outcome,
+    Policy,
+    Reason,
+    SubmissionPath,
+)
+
+
+class HeaderSyntaxError(ValueError):
+    """A ``--header`` argument that is not ``Name: value``."""
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    name = name.strip()
+    if not colon or not name or any(ch.isspace() for ch in name):
+        raise HeaderSyntaxError(f"expected 'Name: value', got {text!r}")
+    return name, value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientVerdict:
+    recipient: Recipient
+    decision: Decision
+    stage: str
+    """``rcpt`` (certain at RCPT TO, refused there on the SMTP path) or ``eom`` (end of message)."""
+
+
+def judge(
+    policy: Policy, sender: str, path: SubmissionPath, headers: Sequence[tuple[str, str]], addresses: Sequence[str]
+) -> tuple[list[RecipientVerdict], MessagePlan | None, MessageFacts]:
+    """The adapter's sequence of policy calls, on given facts. The plan is None when nothing reaches
+    end of message (every recipient refused at RCPT)."""
+    settings = policy.settings
+    sender_address = parse_address(sender)
+    wanted = policy.wanted_headers()
+    kept = tuple((name, value) for name, value in headers if name.casefold() in wanted)
+    header_counts: dict[str, int] = {}
+    for name, _ in headers:
+        header_counts[name.casefold()] = header_counts.get(name.casefold(), 0) + 1
+    facts = MessageFacts(sender=sender_address, path=path, headers=kept)
+    verdicts: list[RecipientVerdict] = []
+    at_eom: list[Recipient] = []
+    for raw in addresses:
+        recipient = classify_recipient(raw, settings.buyers)
+        early = policy.decide_at_rcpt(sender_address, recipient, path)
+        if early is not None:
+            verdicts.append(RecipientVerdict(recipient, early, "rcpt"))
+            if settings.mode is Mode.MONITOR:
+                continue  # logged once at RCPT, stays in the envelope, not judged again (as the adapter)
+        else:
+            at_eom.append(recipient)
+    decisions = tuple(policy.decide(facts, recipient) for recipient in at_eom)
+    verdicts.extend(RecipientVerdict(d.recipient, d, "eom") for d in decisions)
+    passed_rcpt = at_eom or settings.mode is Mode.MONITOR
+    plan = policy.plan(facts, decisions, header_counts) if passed_rcpt else None
+    return verdicts, plan, facts
+
+
+def _bracketed(address: Address) -> str:
+    return "<>" if address.is_empty else f"<{address.text()}>"
+
+
+def _classification(recipient: Recipient) -> str:
+    kinds = []
+    if recipient.relay:
+        kinds.append(f"Amazon relay domain ({recipient.address.domain})")
+    if recipient.marked:
+        kinds.append("marked local part")
+    return "buyer: " + " and ".join(kinds) if kinds else "not a buyer address"
+
+
+def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
+    decision = verdict.decision
+    open_channels = [rule.channel.value for rule in policy.rules if rule.possible(facts.sender)]
+    match decision.reason:
+        case Reason.NOT_BUYER:
+            return "amzguard lets it pass unchanged"
+        case Reason.CHANNEL if decision.outcome is Outcome.DELIVER_UNMARKED:
+            return f"granted by the {decision.channel.value} channel; delivered to <{decision.recipient.unmarked}>"
+        case Reason.CHANNEL:
+            return f"granted by the {decision.channel.value} channel"
+        case Reason.MARKER_ONLY:
+            return f"granted by the {decision.channel.value} channel, but nothing is left once the marker is removed"
+        case _ if verdict.stage == "rcpt":
+            return f"no channel is open to mail from {_bracketed(facts.sender)}, so this is certain before the headers"
+        case _:
+            bad = [channel.value for channel in policy.bad_token_channels(facts)]
+            notes = [f"open to this sender: {', '.join(open_channels) or 'none'}"]
+            if bad:
+                notes.append(f"tag with a wrong secret: {', '.join(bad)}")
+            elif not facts.headers:
+                notes.append("no channel tag among the headers")
+            return f"no channel grants this message ({'; '.join(notes)})"
+
+
+def _plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
+    if mode is Mode.MONITOR:
+        return ["message: mode is monitor: the milter logs and counts the decisions above and changes nothing"]
+    if plan is None:
+        return ["message: every recipient is refused at RCPT TO; nothing is accepted"]
+    if plan.reject is not None:
+        return [f"message: refused whole: {plan.reject.code} {plan.reject.status} {plan.reject.text}"]
+    if not plan.changes:
+        return ["message: accepted unchanged"]
+    lines = ["message: accepted with these changes:"]
+    for change in plan.changes:
+        match change:
+            case DeleteRecipient(address=address):
+                lines.append(f"  delete recipient {address}")
+            case AddRecipient(address=address, esmtp=esmtp):
+                lines.append(f"  add recipient {address}" + (f" {' '.join(esmtp)}" if esmtp else ""))
+            case DeleteHeader(name=name, index=index):
+                lines.append(f"  delete header {name} (field {index})")
+    return lines
+
+
+def explain(
+    config: Config, addresses: Sequence[str], sender: str, path: SubmissionPath, headers: Sequence[tuple[str, str]]
+) -> list[str]:
+    """The lines ``amzguard explain`` prints."""
+    policy = Policy.from_settings(config.policy)
+    mode = config.policy.mode
+    verdicts, plan, facts = judge(policy, sender, path, headers, addresses)
+    would = "would " if mode is Mode.MONITOR else ""
+    lines = [f"sender {_bracketed(facts.sender)}, path {path.value}, mode {mode.value}"]
+    for verdict in verdicts:
+        decision = verdict.decision
+        where = "at RCPT TO" if verdict.stage == "rcpt" else "at end of message"
+        lines += [
+            f"<{verdict.recipient.address.text()}>: {would}{decision.outcome.value} {where}"
+            f" (reason {decision.reason.value}, channel {decision.channel.value})",
+            f"  {_classification(verdict.recipient)}; {_why(policy, verdict, facts)}",
+        ]
+    return lines + _plan_lines(plan, mode)

@@ -1,0 +1,308 @@
+"""Prometheus metrics of one amzguard process, served over HTTP by the milter process itself.
+
+Why a class and a private registry: the runtime owns its metrics like it owns its config, so tests can
+make as many independent instances as they like and nothing lives in module globals.
+
+Label values come only from small fixed sets (the policy's enums and the few names below), never from
+mail data: no address, subject or queue id ever becomes a label. Every series is created at start-up with
+the value 0, so alerts and dashboards work on a freshly started process and ``rate()`` sees the first
+event. The label sets are derived from the enums, so a new ``Reason`` or ``Channel`` shows up by itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .optout import SOURCES, OptOutStore, StoreError
+from .policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath
+
+NAMESPACE = "amzguard"
+
+DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""A decision is pure computation (well under a millisecond); the upper buckets catch a starved process."""
+
+
+class MessageResult(StrEnum):
+    """What the MTA was finally told about one message (one SMTP transaction)."""
+
+    ACCEPTED = "accepted"
+    """Passed unchanged (also every message in monitor mode)."""
+    MODIFIED = "modified"
+    """Passed with changes: recipients swapped or unmarked, tag header deleted."""
+    REJECTED = "rejected"
+    """Refused whole: at end of data, or every recipient refused at RCPT."""
+    TEMPFAILED = "tempfailed"
+    """A temporary failure: an internal error (``milter.on_error: tempfail``) or an opt-out store that
+    could not be used (``store.on_error: tempfail``)."""
+
+
+class MilterStage(StrEnum):
+    """The milter callbacks amzguard handles; the ``stage`` label of internal errors."""
+
+    CONNECT = "connect"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    HEADER = "header"
+    BODY = "body"
+    EOM = "eom"
+    ABORT = "abort"
+
+
+class StoreOperation(StrEnum):
+    """What amzguard asked the opt-out store when it failed; the ``operation`` label of store errors."""
+
+    LOOKUP = "lookup"
+    RECORD = "record"
+
+
+class DecisionStage(StrEnum):
+    """Where a recipient decision is taken: at RCPT TO when certain early, else at end of message."""
+
+    RCPT = "rcpt"
+    EOM = "eom"
+
+
+class ReloadResult(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _values(*enums: type[StrEnum]) -> Iterator[tuple[str, ...]]:
+    """Every combination of the members' values: the complete, fixed label space of one metric."""
+    return itertools.product(*([member.value for member in enum] for enum in enums))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsEndpoint:
+    """The running HTTP endpoint (``/metrics``); ``port`` is the bound one, also when 0 was asked for."""
+
+    host: str
+    port: int
+    server: Any
+    thread: threading.Thread
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Metrics:
+    """All amzguard metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.messages = Counter(
+            "messages",
+            "Messages (SMTP transactions) by what the MTA was finally told and the submission path",
+            ["result", "path"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.recipients = Counter(
+            "recipients",
+            "Recipient decisions by outcome, reason and channel; mode=monitor counts would-be decisions",
+            ["decision", "reason", "channel", "mode"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.bad_tokens = Counter(
+            "channel_tags_bad_token",
+            "Messages carrying a channel tag header whose secret is wrong",
+            ["channel"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "errors",
+            "Internal errors (exceptions) in amzguard by milter stage",
+            ["stage"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.decision_seconds = Histogram(
+            "decision_duration_seconds",
+            "Time amzguard spends deciding and answering at RCPT and at end of message",
+            ["stage"],
+            namespace=NAMESPACE,
+            registry=registry,
+            buckets=DECISION_BUCKETS,
+        )
+        self.store_errors = Counter(
+            "store_errors",
+            "Failures of the opt-out store (SQLite) by what was asked of it",
+            ["operation"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "milter_connections",
+            "Milter connections from the MTA currently open",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "config_reloads",
+            "Configuration reloads (SIGUSR1) by result; a failed reload keeps the running configuration",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.last_reload_successful = Gauge(
+            "config_last_reload_successful",
+            "1 if the last configuration load or reload succeeded, 0 if it failed",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.last_reload_success = Gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load or reload",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.mode = Gauge(
+            "mode",
+            "1 for the mode of the running configuration (enforce or monitor), 0 for the other",
+            ["mode"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "build_info",
+            "Always 1; the labels say which versions run",
+            ["version", "python_version", "pymilter_version"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.build_info.labels(__version__, platform.python_version(), _package_version("pymilter")).set(1)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Create every series at 0 (a labelled metric has no series until its labels are first used)."""
+        for labels in _values(MessageResult, SubmissionPath):
+            self.messages.labels(*labels)
+        for labels in _values(Outcome, Reason, Channel, Mode):
+            self.recipients.labels(*labels)
+        for channel in Channel:
+            if channel is not Channel.NONE:
+                self.bad_tokens.labels(channel.value)
+        for stage in MilterStage:
+            self.errors.labels(stage.value)
+        for operation in StoreOperation:
+            self.store_errors.labels(operation.value)
+        for stage in DecisionStage:
+            self.decision_seconds.labels(stage.value)
+        for result in ReloadResult:
+            self.reloads.labels(result.value)
+        for mode in Mode:
+            self.mode.labels(mode.value)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def message(self, result: MessageResult, path: SubmissionPath) -> None:
+        self.messages.labels(result.value, path.value).inc()
+
+    def recipient(self, decision: Decision, mode: Mode) -> None:
+        self.recipients.labels(decision.outcome.value, decision.reason.value, decision.channel.value, mode.value).inc()
+
+    def bad_token(self, channel: Channel) -> None:
+        self.bad_tokens.labels(channel.value).inc()
+
+    def error(self, stage: MilterStage) -> None:
+        self.errors.labels(stage.value).inc()
+
+    def store_error(self, operation: StoreOperation) -> None:
+        self.store_errors.labels(operation.value).inc()
+
+    def watch_register(self, store_of: Callable[[], OptOutStore | None]) -> None:
+        """Export the opt-out register's size by source (``notice``: learned by ``optout learn``).
+
+        ``optout learn`` runs in a process of its own (a pipe transport, a cron job), so a counter there
+        would never reach this endpoint; the store itself is the one place that knows, read per scrape.
+        ``store_of`` gives the running config's store, or None when that config does not use one.
+        """
+        self.registry.register(_RegisterCollector(store_of))
+
+    @contextmanager
+    def deciding(self, stage: DecisionStage) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.decision_seconds.labels(stage.value).observe(time.perf_counter() - started)
+
+    def connection_opened(self) -> None:
+        self.connections.inc()
+
+    def connection_closed(self) -> None:
+        self.connections.dec()
+
+    def config_loaded(self, mode: Mode, when: float | None = None) -> None:
+        """A configuration was loaded and is now in use (at start-up or by a reload)."""
+        self.last_reload_successful.set(1)
+        self.last_reload_success.set(time.time() if when is None else when)
+        for member in Mode:
+            self.mode.labels(member.value).set(1 if member is mode else 0)
+
+    def reload(self, result: ReloadResult, mode: Mode | None = None) -> None:
+        self.reloads.labels(result.value).inc()
+        if result is ReloadResult.SUCCESS and mode is not None:
+            self.config_loaded(mode)
+        else:
+            self.last_reload_successful.set(0)
+
+    # -- exposition --------------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes (what ``/metrics`` returns)."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> MetricsEndpoint:
+        """Start the ``/metrics`` HTTP endpoint on a daemon thread; raises OSError if it cannot bind."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsEndpoint(host=host, port=server.server_address[1], server=server, thread=thread)
+
+
+class _RegisterCollector(Collector):
+    def __init__(self, store_of: Callable[[], OptOutStore | None]) -> None:
+        self._store_of = store_of
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            f"{NAMESPACE}_optout_entries",
+            "Buyers in the opt-out register by how they came in (notice: learned from Amazon's notices);"
+            " NaN while the store cannot be read",
+            labels=["source"],
+        )
+        store = self._store_of()
+        counts: dict[str, int] | None = {}
+        if store is not None:
+            try:
+                counts = store.counts_by_source()
+            except StoreError:
+                counts = None
+        for source in SOURCES:
+            family.add_metric([source], float("nan") if counts is None else counts.get(source, 0))
+        yield family

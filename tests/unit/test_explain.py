@@ -1,0 +1,91 @@
+"""``amzguard explain``: the milter's decisions for given addresses, through the same policy calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from amzguard.cli import main
+
+TOKEN = "t3st-review-token-7Qx9Lm2"
+TAG = f"X-Amzguard-Channel: review {TOKEN}"
+
+
+def write(tmp_path: Path, **data: object) -> str:
+    only_support = {"allowed_senders": ["support@shop.test"]}
+    base: dict[str, object] = {
+        "channels": {"review": {"enabled": True, "token": TOKEN, **only_support},
+                     "reply": only_support, "critical": only_support}  # fmt: skip
+    }
+    base.update(data)
+    path = tmp_path / "amzguard.yml"
+    path.write_text(yaml.safe_dump(base))
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
+    code = main(["explain", *argv])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_refused_at_rcpt_for_a_sender_without_channel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, "-c", write(tmp_path), "--sender", "shop@shop.test",
+                    "q7x2k9m4p1z8w3v5@marketplace.amazon.de", "owner@shop.test")  # fmt: skip
+    assert code == 0
+    assert out[0] == "sender <shop@shop.test>, path smtp, mode enforce"
+    assert out[1] == ("<q7x2k9m4p1z8w3v5@marketplace.amazon.de>: refuse at RCPT TO "
+                      "(reason buyer-mail, channel none)")  # fmt: skip
+    assert out[2].startswith("  buyer: Amazon relay domain (marketplace.amazon.de); no channel is open")
+    assert out[3] == "<owner@shop.test>: deliver at end of message (reason not-buyer, channel none)"
+    assert out[-1] == "message: accepted unchanged"
+
+
+def test_review_tag_unmarks_and_strips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capsys, "-c", write(tmp_path), "--sender", "support@shop.test", "--header", TAG,
+                 "blacklisted-40417@amazon.fr")  # fmt: skip
+    assert out[1] == "<blacklisted-40417@amazon.fr>: deliver-unmarked at end of message (reason channel, channel review)"
+    assert "delivered to <40417@amazon.fr>" in out[2]
+    assert out[3:] == [
+        "message: accepted with these changes:",
+        "  delete recipient blacklisted-40417@amazon.fr",
+        "  add recipient <40417@amazon.fr>",
+        "  delete header X-Amzguard-Channel (field 1)",
+    ]
+
+
+def test_wrong_secret_on_the_sendmail_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capsys, "-c", write(tmp_path), "--sendmail", "--sender", "support@shop.test",
+                 "--header", "X-Amzguard-Channel: review not-the-secret-0000", "blacklisted-40417@amazon.fr")  # fmt: skip
+    assert out[0] == "sender <support@shop.test>, path sendmail, mode enforce"
+    assert out[1].endswith("refuse at end of message (reason buyer-mail, channel none)")
+    assert "tag with a wrong secret: review" in out[2]
+    assert out[3].startswith("message: refused whole: 550 5.7.1 <blacklisted-40417@amazon.fr>: Amazon forbids")
+
+
+def test_sendmail_path_never_refuses_at_rcpt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capsys, "-c", write(tmp_path), "--sendmail", "--sender", "shop@shop.test",
+                 "q7x2k9m4p1z8w3v5@marketplace.amazon.de")  # fmt: skip
+    assert "refuse at end of message" in out[1]
+
+
+def test_monitor_mode_says_would(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capsys, "-c", write(tmp_path, mode="monitor"), "--sender", "shop@shop.test",
+                 "q7x2k9m4p1z8w3v5@marketplace.amazon.de")  # fmt: skip
+    assert out[1].endswith("would refuse at RCPT TO (reason buyer-mail, channel none)")
+    assert out[-1].startswith("message: mode is monitor")
+
+
+def test_everything_refused_at_rcpt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capsys, "-c", write(tmp_path), "q7x2k9m4p1z8w3v5@marketplace.amazon.de")
+    assert out[0].startswith("sender <>")
+    assert out[-1] == "message: every recipient is refused at RCPT TO; nothing is accepted"
+
+
+def test_bad_header_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "-c", write(tmp_path), "--header", "no colon", "x@y.example"]) == 2
+    assert "expected 'Name: value'" in capsys.readouterr().err
+    (tmp_path / "broken.yml").write_text("mode: loud\n")
+    assert main(["explain", "-c", str(tmp_path / "broken.yml"), "x@y.example"]) == 2
+    assert "mode: expected 'enforce' or 'monitor'" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""Metrics: names, fixed label sets, every series present at 0, counting, and the real HTTP endpoint."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from amzguard import __version__
+from amzguard.address import classify_recipient
+from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
+from amzguard.address import BuyerPatterns
+from amzguard.metrics import DecisionStage, MessageResult, Metrics, MilterStage, ReloadResult
+from amzguard.policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath
+
+PATTERNS = BuyerPatterns(marked_prefixes=DEFAULT_MARKED_PREFIXES, relay_domains=DEFAULT_RELAY_DOMAINS)
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = metrics.exposition().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return samples(metrics)[(name, frozenset(labels.items()))]
+
+
+def test_every_series_exists_at_zero_from_the_start() -> None:
+    metrics = Metrics()
+    got = samples(metrics)
+    for result in MessageResult:
+        for path in SubmissionPath:
+            assert got[("amzguard_messages_total", frozenset({"result": result, "path": path}.items()))] == 0
+    recipient_series = [key for key in got if key[0] == "amzguard_recipients_total"]
+    assert len(recipient_series) == len(Outcome) * len(Reason) * len(Channel) * len(Mode)
+    assert all(got[key] == 0 for key in recipient_series)
+    for stage in MilterStage:
+        assert value(metrics, "amzguard_errors_total", stage=stage.value) == 0
+    for stage in DecisionStage:
+        assert value(metrics, "amzguard_decision_duration_seconds_count", stage=stage.value) == 0
+    for result in ReloadResult:
+        assert value(metrics, "amzguard_config_reloads_total", result=result.value) == 0
+    assert value(metrics, "amzguard_channel_tags_bad_token_total", channel="review") == 0
+    assert value(metrics, "amzguard_milter_connections") == 0
+    assert ("amzguard_channel_tags_bad_token_total", frozenset({"channel": "none"}.items())) not in got
+
+
+def test_names_follow_the_conventions_and_labels_carry_no_mail_data() -> None:
+    metrics = Metrics()
+    metrics.recipient(Decision(classify_recipient("<q7x2k9@marketplace.amazon.de>", PATTERNS), Outcome.REFUSE,
+                               Reason.BUYER_MAIL), Mode.ENFORCE)  # fmt: skip
+    text = metrics.exposition().decode()
+    assert "q7x2k9" not in text and "marketplace.amazon.de" not in text
+    for family in text_string_to_metric_families(text):
+        assert family.name.startswith("amzguard_")
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds")
+
+
+def test_events_are_counted() -> None:
+    metrics = Metrics()
+    recipient = classify_recipient("<blacklisted-1@amazon.fr>", PATTERNS)
+    metrics.recipient(Decision(recipient, Outcome.DELIVER_UNMARKED, Reason.CHANNEL, Channel.REVIEW), Mode.MONITOR)
+    metrics.message(MessageResult.MODIFIED, SubmissionPath.LOCAL)
+    metrics.bad_token(Channel.REVIEW)
+    metrics.error(MilterStage.EOM)
+    with metrics.deciding(DecisionStage.EOM):
+        pass
+    metrics.connection_opened()
+    metrics.connection_opened()
+    metrics.connection_closed()
+    assert value(metrics, "amzguard_recipients_total", decision="deliver-unmarked", reason="channel",
+                 channel="review", mode="monitor") == 1  # fmt: skip
+    assert value(metrics, "amzguard_messages_total", result="modified", path="sendmail") == 1
+    assert value(metrics, "amzguard_channel_tags_bad_token_total", channel="review") == 1
+    assert value(metrics, "amzguard_errors_total", stage="eom") == 1
+    assert value(metrics, "amzguard_decision_duration_seconds_count", stage="eom") == 1
+    assert value(metrics, "amzguard_milter_connections") == 1
+
+
+def test_reloads_and_mode() -> None:
+    metrics = Metrics()
+    metrics.config_loaded(Mode.MONITOR, when=1000.0)
+    assert value(metrics, "amzguard_mode", mode="monitor") == 1
+    assert value(metrics, "amzguard_mode", mode="enforce") == 0
+    metrics.reload(ReloadResult.FAILURE)
+    assert value(metrics, "amzguard_config_last_reload_successful") == 0
+    assert value(metrics, "amzguard_config_last_reload_success_timestamp_seconds") == 1000.0
+    metrics.reload(ReloadResult.SUCCESS, Mode.ENFORCE)
+    assert value(metrics, "amzguard_config_reloads_total", result="success") == 1
+    assert value(metrics, "amzguard_config_reloads_total", result="failure") == 1
+    assert value(metrics, "amzguard_config_last_reload_successful") == 1
+    assert value(metrics, "amzguard_config_last_reload_success_timestamp_seconds") > 1000.0
+    assert value(metrics, "amzguard_mode", mode="enforce") == 1
+
+
+def test_build_info() -> None:
+    [(key, one)] = [(k, v) for k, v in samples(Metrics()).items() if k[0] == "amzguard_build_info"]
+    assert one == 1 and ("version", __version__) in key[1]
+
+
+def test_instances_are_independent() -> None:
+    first, second = Metrics(), Metrics()
+    first.error(MilterStage.RCPT)
+    assert value(second, "amzguard_errors_total", stage="rcpt") == 0
+
+
+def test_http_endpoint_serves_the_registry() -> None:
+    metrics = Metrics()
+    metrics.error(MilterStage.HEADER)
+    endpoint = metrics.serve("127.0.0.1", 0)
+    try:
+        assert endpoint.port > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=10) as response:
+            body = response.read().decode()
+        assert 'amzguard_errors_total{stage="header"} 1.0' in body
+    finally:
+        endpoint.close()
+
+
+def test_endpoint_port_in_use_is_an_oserror() -> None:
+    metrics = Metrics()
+    endpoint = metrics.serve("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError):
+            Metrics().serve("127.0.0.1", endpoint.port)
+    finally:
+        endpoint.close()

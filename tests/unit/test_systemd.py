@@ -1,0 +1,88 @@
+"""The shipped systemd files: `systemd-analyze verify`, the exposure bound, sysusers and tmpfiles."""
+
+from __future__ import annotations
+
+import grp
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "systemd" / "amzguard.service"
+INSTALLED_BINARY = "/opt/amzguard/bin/amzguard"
+MAX_EXPOSURE = 2.0
+
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed on this machine (Debian package: systemd); unit not checked",
+)
+
+
+def local_unit(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this checkout's amzguard: verify checks that the binary exists,
+    and /opt/amzguard (the documented install location) does not exist on a test machine."""
+    binary = Path(sys.executable).with_name("amzguard")
+    assert binary.exists(), binary
+    text = UNIT.read_text()
+    assert INSTALLED_BINARY in text
+    copy = tmp_path / "amzguard.service"
+    copy.write_text(text.replace(INSTALLED_BINARY, str(binary)))
+    return copy
+
+
+@needs_analyze
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    result = subprocess.run(["systemd-analyze", "verify", str(local_unit(tmp_path))],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+@needs_analyze
+def test_exposure_is_at_most_two(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}",
+         "--no-pager", str(local_unit(tmp_path))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for amzguard\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    assert result.returncode == 0, result.stdout
+
+
+def test_unit_essentials() -> None:
+    text = UNIT.read_text()
+    for line in ("Type=notify", "User=amzguard", "ExecReload=/bin/kill -USR1 $MAINPID", "Restart=on-failure",
+                 "ReadWritePaths=-/var/spool/postfix/amzguard", "RuntimeDirectory=amzguard"):  # fmt: skip
+        assert line in text.splitlines(), line
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None,
+                    reason="systemd-sysusers/systemd-tmpfiles not installed")  # fmt: skip
+def test_sysusers_and_tmpfiles_create_the_socket_directory(tmp_path: Path) -> None:
+    try:
+        postfix_gid = grp.getgrnam("postfix").gr_gid
+    except KeyError:
+        pytest.skip("no postfix group on this machine (make test installs postfix)")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        if Path("/etc", name).exists():
+            shutil.copy(Path("/etc", name), root / "etc" / name)
+    users = subprocess.run(["systemd-sysusers", f"--root={root}", str(REPO / "systemd" / "amzguard.sysusers")],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert users.returncode == 0, users.stderr
+    assert re.search(r"^amzguard:x:\d+:\d+:amzguard milter:/nonexistent:/usr/sbin/nologin$",
+                     (root / "etc" / "passwd").read_text(), re.M)  # fmt: skip
+    files = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(REPO / "systemd" / "amzguard.tmpfiles")],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert files.returncode == 0, files.stderr
+    socket_dir = root / "var" / "spool" / "postfix" / "amzguard"
+    mode = socket_dir.stat().st_mode
+    assert oct(mode & 0o7777) == "0o2750"  # setgid: the socket inherits group postfix
+    assert socket_dir.stat().st_gid == postfix_gid
