@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,7 +13,8 @@ from amzguard import __version__
 from amzguard.address import classify_recipient
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
 from amzguard.address import BuyerPatterns
-from amzguard.metrics import DecisionStage, MessageResult, Metrics, MilterStage, ReloadResult
+from amzguard.metrics import DecisionStage, MessageResult, Metrics, MilterStage, ReloadResult, StoreOperation
+from amzguard.optout import SOURCES, OptOut, OptOutStore
 from amzguard.policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath
 
 PATTERNS = BuyerPatterns(marked_prefixes=DEFAULT_MARKED_PREFIXES, relay_domains=DEFAULT_RELAY_DOMAINS)
@@ -133,3 +136,31 @@ def test_endpoint_port_in_use_is_an_oserror() -> None:
             Metrics().serve("127.0.0.1", endpoint.port)
     finally:
         endpoint.close()
+
+
+def test_store_errors_are_counted_by_operation() -> None:
+    metrics = Metrics()
+    assert value(metrics, "amzguard_store_errors_total", operation="lookup") == 0
+    metrics.store_error(StoreOperation.LOOKUP)
+    metrics.store_error(StoreOperation.LOOKUP)
+    metrics.store_error(StoreOperation.RECORD)
+    assert value(metrics, "amzguard_store_errors_total", operation="lookup") == 2
+    assert value(metrics, "amzguard_store_errors_total", operation="record") == 1
+
+
+def test_register_size_by_source_is_read_per_scrape(tmp_path: Path) -> None:
+    store = OptOutStore(tmp_path / "store.sqlite")
+    current: list[OptOutStore | None] = [None]
+    metrics = Metrics()
+    metrics.watch_register(lambda: current[0])
+    assert [value(metrics, "amzguard_optout_entries", source=s) for s in SOURCES] == [0, 0, 0]  # no store in use
+    current[0] = store
+    store.add([OptOut("a@marketplace.amazon.de", source="cli"), OptOut("b@marketplace.amazon.de", source="notice"),
+               OptOut("c@marketplace.amazon.de", order_id="302-1234567-7654321", source="notice")])  # fmt: skip
+    assert value(metrics, "amzguard_optout_entries", source="notice") == 2  # learned from Amazon's notices
+    assert value(metrics, "amzguard_optout_entries", source="cli") == 1
+    assert value(metrics, "amzguard_optout_entries", source="import") == 0
+    store.add([OptOut("d@marketplace.amazon.de", source="notice")])  # seen at the next scrape, no restart
+    assert value(metrics, "amzguard_optout_entries", source="notice") == 3
+    current[0] = OptOutStore(tmp_path / "missing-dir" / "store.sqlite")  # cannot be read: NaN, not a crash
+    assert math.isnan(value(metrics, "amzguard_optout_entries", source="cli"))
