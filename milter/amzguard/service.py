@@ -152,7 +152,11 @@ def start_metrics(metrics: Metrics, settings: MetricsSettings) -> MetricsEndpoin
     try:
         endpoint = metrics.serve(settings.host, settings.port)
     except OSError as exc:
-        raise ServiceError(f"cannot serve metrics on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        # Mail flow matters more than its statistics: filter on without the endpoint. Prometheus sees the
+        # target down (the AmzguardDown alert), and this line says why.
+        log.error("metrics endpoint off: cannot serve metrics on %s:%d: %s; filtering mail without it",
+                  settings.host, settings.port, exc.strerror or exc)  # fmt: skip
+        return None
     host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
     log.info("metrics on http://%s:%d/metrics", host, endpoint.port)
     return endpoint

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +74,16 @@ def test_reload_applies_to_new_connections_only_and_survives_a_broken_file(tmp_p
         assert proc.metric("amzguard_config_reloads_total", result="failure") == 1
         assert proc.metric("amzguard_config_last_reload_successful") == 0
         assert proc.metric("amzguard_mode", mode="monitor") == 1
+        # The file gone or unreadable while running (a directory in its place: unreadable even for root).
+        proc.config.unlink()
+        proc.config.mkdir()
+        proc.reload()
+        text = proc.wait_log("cannot read: Is a directory")
+        assert text.count("reload failed, keeping the running configuration") == 2
+        with FakeMta(proc.socket) as later:
+            _, eom = later.message("<shop@shop.test>", [BUYER])
+        assert [r.command for r in eom] == [c.SMFIR_ACCEPT]  # the running (monitor) config still serves
+        assert proc.metric("amzguard_config_reloads_total", result="failure") == 2
     finally:
         assert proc.stop() == 0
 
@@ -117,14 +125,17 @@ def test_metrics_off(tmp_path: Path) -> None:
         assert proc.stop() == 0
 
 
-def test_metrics_port_in_use_stops_start_up(tmp_path: Path) -> None:
+def test_metrics_port_in_use_keeps_filtering_without_the_endpoint(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write_config(tmp_path / "busy.yml", f"unix:{tmp_path}/busy.sock", metrics={"listen": f"127.0.0.1:{port}"})
-        result = subprocess.run([sys.executable, "-m", "amzguard", "run", "-c", str(config)],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 1
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
-    assert not (tmp_path / "busy.sock").exists()  # nothing listens for the MTA either
+        proc = start(tmp_path, "busy", metrics={"listen": f"127.0.0.1:{port}"})
+        try:
+            proc.wait_log(f"ERROR: metrics endpoint off: cannot serve metrics on 127.0.0.1:{port}: Address already"
+                          " in use; filtering mail without it")  # fmt: skip
+            with FakeMta(proc.socket) as mta:
+                _, eom = mta.message("<shop@shop.test>", ["<q7x2k9m4p1z8w3v5@marketplace.amazon.de>"])
+            assert eom[-1].fields["smtpcode"] == "550"  # the milter still judges mail
+        finally:
+            assert proc.stop() == 0
