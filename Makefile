@@ -1,5 +1,6 @@
-# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite.
-# Both set up what they need on a fresh Debian machine: apt packages (as root, or via sudo) and a venv.
+# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite, `make bench`
+# measures it on a real Postfix (bench/). All set up what they need on a fresh Debian machine: apt packages
+# (as root, or via sudo) and a venv.
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -13,7 +14,7 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 RUN_PACKAGES  := libmilter-dev gcc
 TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks
 
-.PHONY: run test check-config system-run system-test venv clean
+.PHONY: run test bench check-config system-run system-test venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -22,6 +23,10 @@ run: system-run $(STAMP)
 
 test: system-test $(STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks, not tests: minutes on a quiet machine; BENCH_ARGS=... goes to `python -m bench` (see --help).
+bench: system-test $(STAMP)
+	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 check-config: $(STAMP)
 	$(VENV)/bin/amzguard check-config -c etc/amzguard.yml
