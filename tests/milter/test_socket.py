@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from miltertest import constants as c
 
+from tests.e2e.harness import free_port
 from tests.support.fake_mta import LOCAL_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
@@ -43,6 +44,20 @@ def test_negotiates_only_what_it_uses(milter: MilterProcess) -> None:
                      c.SMFIP_NR_MAIL, c.SMFIP_NR_DATA, c.SMFIP_NR_HDR):  # fmt: skip
             assert mta.protocol & flag, hex(flag)
         assert not mta.protocol & c.SMFIP_NR_RCPT  # RCPT answers: it may refuse there
+
+
+def test_over_tcp_every_step_replies(tmp_path: Path) -> None:
+    """Over inet: a step without a reply would let Nagle and delayed ACKs stall Postfix ~40 ms per message."""
+    socket = f"inet:{free_port()}@127.0.0.1"
+    config = write_config(tmp_path / "inet.yml", socket)
+    with MilterProcess(config, socket, tmp_path / "inet.log") as proc, FakeMta(proc.socket) as mta:
+        for flag in (c.SMFIP_NOBODY, c.SMFIP_NOHELO, c.SMFIP_NOEOH, c.SMFIP_NOUNKNOWN):
+            assert mta.protocol & flag, hex(flag)
+        for flag in (c.SMFIP_NR_CONN, c.SMFIP_NR_MAIL, c.SMFIP_NR_RCPT, c.SMFIP_NR_DATA, c.SMFIP_NR_HDR):
+            assert not mta.protocol & flag, hex(flag)
+        rcpts, eom = mta.message("<shop@shop.test>", [MARKED], headers=[TAG])
+    assert rcpts[MARKED].command == c.SMFIR_CONTINUE
+    assert eom_kinds(eom) == [c.SMFIR_DELRCPT, c.SMFIR_ADDRCPT, c.SMFIR_CHGHEADER, c.SMFIR_ACCEPT]
 
 
 def test_other_recipient_is_accepted_unchanged(milter: MilterProcess) -> None:
