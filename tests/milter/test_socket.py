@@ -1,13 +1,15 @@
-"""The real milter process on a unix socket, driven through the milter protocol (PyPI miltertest)."""
+"""The real milter process on its socket, driven through the milter protocol (PyPI miltertest)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from miltertest import constants as c
 
+from amzguard.server import disable_nagle
 from tests.e2e.harness import free_port
 from tests.support.fake_mta import LOCAL_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
@@ -56,8 +58,24 @@ def test_over_tcp_every_step_replies(tmp_path: Path) -> None:
         for flag in (c.SMFIP_NR_CONN, c.SMFIP_NR_MAIL, c.SMFIP_NR_RCPT, c.SMFIP_NR_DATA, c.SMFIP_NR_HDR):
             assert not mta.protocol & flag, hex(flag)
         rcpts, eom = mta.message("<shop@shop.test>", [MARKED], headers=[TAG])
+        log = proc.log_text()
     assert rcpts[MARKED].command == c.SMFIR_CONTINUE
     assert eom_kinds(eom) == [c.SMFIR_DELRCPT, c.SMFIR_ADDRCPT, c.SMFIR_CHGHEADER, c.SMFIR_ACCEPT]
+    assert "listening on" in log and "TCP_NODELAY" not in log  # the listener was found and set
+
+
+def test_nodelay_is_set_on_the_listener_of_that_port_only() -> None:
+    """Each change at end of message is a packet Postfix does not answer; with Nagle on, each would wait
+    for a delayed ACK. Connections inherit TCP_NODELAY from the listener libmilter opened."""
+    with socket.create_server(("127.0.0.1", 0)) as ours, socket.create_server(("127.0.0.1", 0)) as other:
+        assert disable_nagle(ours.getsockname()[1])
+        with socket.create_connection(ours.getsockname()) as client:
+            accepted, _ = ours.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not other.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not disable_nagle(free_port())
 
 
 def test_other_recipient_is_accepted_unchanged(milter: MilterProcess) -> None:
