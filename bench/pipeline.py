@@ -427,8 +427,9 @@ def format_report(results: Results, setups: Sequence[Setup]) -> str:
         "accepted/s: messages answered by Postfix (queued or refused) per second of sending;",
         "delivered/s: the same messages per second until the last one that may leave reached the sink.",
         f"no-op milter: {negotiated_steps()}.",
-        "amzguard: HELO, end-of-headers, body, unknown negotiated away; on unix: connect, MAIL, DATA and headers",
-        "  negotiated no-reply; on inet: every step replies (a step without a reply stalls ~40 ms over TCP).",
+        "amzguard: HELO, end-of-headers, body, unknown negotiated away; connect, MAIL and headers no-reply;",
+        "  DATA no-reply on unix only (over TCP an unanswered DATA stalls the next packet ~40 ms); only the",
+        "  actions it uses (add/delete recipient, change header).",
     ]
     for sessions in results.sessions:
         for metric, title in METRICS:

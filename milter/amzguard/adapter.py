@@ -64,9 +64,11 @@ class Runtime:
     def __init__(self, config: Config, no_reply_steps: bool = True) -> None:
         self.snapshot = Snapshot.of(config)
         self.no_reply_steps = no_reply_steps
-        """Whether steps that never refuse are negotiated as no-reply. Only on a unix socket: over TCP a
-        packet Postfix gets no reply to is not acknowledged at once (delayed ACK), so Nagle holds Postfix's
-        next packet ~40 ms; replying to every step costs far less than that stall."""
+        """Whether DATA, too, is negotiated as no-reply (a unix socket), or answers (TCP). Postfix buffers a
+        no-reply packet until it next waits for a reply, so connect, MAIL and the headers travel with the
+        next packet that has one. DATA is the exception: smtpd flushes it alone before cleanup(8) takes the
+        milter connection over; unanswered, it is not ACKed at once (delayed ACK), and Nagle holds
+        cleanup's first packet ~40 ms, once per message. A unix socket has no Nagle."""
 
     def swap(self, config: Config) -> None:
         self.snapshot = Snapshot.of(config)
@@ -126,8 +128,8 @@ class AmzguardMilter(Milter.Base):
         opts[0] &= MILTER_ACTIONS
         self._actions = opts[0]
         if not self.no_reply_steps:
-            # @Milter.noreply callbacks then return CONTINUE, which is what a replying step needs.
-            opts[1] &= ~NO_REPLY_FLAGS
+            # data() is @Milter.noreply; without the flag it returns CONTINUE, which answers the step.
+            opts[1] &= ~Milter.P_NR_DATA
             self._protocol = opts[1]
         return result
 
@@ -254,9 +256,3 @@ class AmzguardMilter(Milter.Base):
 
 MILTER_ACTIONS = Milter.ADDRCPT | Milter.ADDRCPT_PAR | Milter.DELRCPT | Milter.CHGHDRS
 """Only the actions amzguard uses, so the MTA knows nothing else will be asked of it."""
-
-NO_REPLY_FLAGS = (
-    Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
-    | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR
-)
-"""Every "the MTA need not wait for a reply" protocol flag."""
