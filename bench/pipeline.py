@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -224,6 +226,9 @@ class Sample:
     done_seconds: float
     messages: int
     delivered: int
+    milter_cpu_ms: float | None = None
+    """CPU time (user + system) the milter process used per message; None without a milter. Less
+    sensitive to other load on the machine than the rates, and the cost a milter adds to the host."""
 
 
 def _source_command(stream: traffic.Stream, sessions: int, messages: int, message_file: Path, port: int) -> list[str]:
@@ -248,6 +253,7 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
     sink = postfix.sink
     assert isinstance(sink, CountingSink)
     before = sink.received()
+    cpu_before = _cpu_seconds(target.milter.pid) if target.milter else None
     sent = sum(traffic.split(messages, stream) for stream in MIX)
     expected = sum(traffic.split(messages, s) for s in MIX if s.delivered_with(target.setup.filter))
     errors = target.workdir / "smtp-source.err"
@@ -299,6 +305,9 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
     _wait_drained(target, before + expected)
     send_seconds = max(finished) - start
     done_seconds = max(done_at, max(finished)) - start
+    milter_cpu_ms = None
+    if target.milter and cpu_before is not None:
+        milter_cpu_ms = (_cpu_seconds(target.milter.pid) - cpu_before) * 1000 / sent
     return Sample(
         accepted_per_s=sent / send_seconds,
         delivered_per_s=sent / done_seconds,
@@ -306,7 +315,29 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
         done_seconds=done_seconds,
         messages=sent,
         delivered=expected,
+        milter_cpu_ms=milter_cpu_ms,
     )
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and all its threads so far, ended ones included.
+
+    The process's CPU-time clock (clock_getcpuclockid) has nanosecond resolution; /proc/PID/stat's clock
+    ticks (10 ms) are the fallback.
+    """
+    if pid is None:
+        return 0.0
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
+        with contextlib.suppress(OSError):
+            return time.clock_gettime(clock.value)
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _wait_drained(target: Target, expected_total: int, timeout: float = 30.0) -> None:
@@ -450,6 +481,19 @@ def format_report(results: Results, setups: Sequence[Setup]) -> str:
                     f"  {setup.label:<24} {value:8.1f} {f'{low:.0f}-{high:.0f}':>15}  {_ratio(value, base):>10}"
                     f" {_ratio(value, noop['unix']):>11} {_ratio(value, noop['inet']):>11}"
                 )
+        milters = [setup for setup in setups if setup.milter]
+        if milters:
+            lines.append("")
+            lines.append(f"sessions={sessions}  milter CPU ms per message (user + system, all threads)")
+            lines.append(f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no-op same socket':>18}")
+            for setup in milters:
+                value = results.median(setup.name, sessions, "milter_cpu_ms")
+                low, high = results.spread(setup.name, sessions, "milter_cpu_ms")
+                reference = f"noop-{setup.socket}"
+                noop_cpu = results.median(reference, sessions, "milter_cpu_ms") if reference in names else None
+                lines.append(
+                    f"  {setup.label:<24} {value:8.3f} {f'{low:.3f}-{high:.3f}':>15}  {_ratio(value, noop_cpu):>18}"
+                )
     lines.append("")
     lines.append("targets (amzguard vs the no-op milter on the same socket >= 0.95, vs no milter >= 0.80):")
     for sessions in results.sessions:
@@ -482,6 +526,9 @@ def results_json(results: Results) -> dict[str, object]:
                 str(sessions): {
                     "accepted_per_s": results.median(name, sessions, "accepted_per_s"),
                     "delivered_per_s": results.median(name, sessions, "delivered_per_s"),
+                    "milter_cpu_ms": (
+                        results.median(name, sessions, "milter_cpu_ms") if samples[0].milter_cpu_ms is not None else None
+                    ),
                     "samples": [asdict(sample) for sample in samples],
                 }
                 for sessions, samples in per_sessions.items()

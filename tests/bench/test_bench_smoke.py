@@ -27,6 +27,24 @@ def _run(args: list[str], timeout: float) -> str:
     return proc.stdout
 
 
+def _tables(report: str) -> dict[str, list[tuple[str, list[float]]]]:
+    """Each ``sessions=...`` table of the pipeline report: its rows as (setup label, numbers)."""
+    labels = sorted((setup.label for setup in SETUPS), key=len, reverse=True)
+    tables: dict[str, list[tuple[str, list[float]]]] = {}
+    rows: list[tuple[str, list[float]]] | None = None
+    for line in report.splitlines():
+        if line.startswith("sessions="):
+            rows = tables.setdefault(line, [])
+        elif not line.strip():
+            rows = None
+        elif rows is not None:
+            label = next((label for label in labels if line.strip().startswith(label + " ")), None)
+            if label is not None:
+                rest = line.strip()[len(label) :]
+                rows.append((label, [float(x) for x in NUMBER.findall(rest.replace("-", " "))]))
+    return tables
+
+
 def _row_figures(report: str, label: str) -> list[list[float]]:
     """The numbers of every report line that starts with ``label`` and a space (ranges like 12-34 count as two)."""
     rows = []
@@ -50,19 +68,20 @@ def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path
             assert figures["accepted_per_s"] > 0 and figures["delivered_per_s"] > 0, (name, sessions)
             assert len(figures["samples"]) == 1
 
-    tables = [line for line in report.splitlines() if line.startswith("sessions=")]
-    assert tables == [
-        "sessions=10  accepted messages/s",
-        "sessions=10  delivered messages/s",
-        "sessions=50  accepted messages/s",
-        "sessions=50  delivered messages/s",
-    ]
-    for setup in SETUPS:
-        rows = _row_figures(report, setup.label)
-        assert len(rows) == len(tables), setup.label
-        for figures in rows:
+    tables = _tables(report)
+    rates = [f"sessions={n}  {what} messages/s" for n in (10, 50) for what in ("accepted", "delivered")]
+    cpu = [f"sessions={n}  milter CPU ms per message (user + system, all threads)" for n in (10, 50)]
+    assert sorted(tables) == sorted(rates + cpu)
+    for title in rates:
+        assert [row[0] for row in tables[title]] == [setup.label for setup in SETUPS], title
+        for label, figures in tables[title]:
             # median, min, max, then the ratios to no milter and to both no-op milters
-            assert len(figures) == 6 and all(value > 0 for value in figures), (setup.label, figures)
+            assert len(figures) == 6 and all(value > 0 for value in figures), (title, label, figures)
+    for title in cpu:
+        assert [row[0] for row in tables[title]] == [setup.label for setup in SETUPS if setup.milter], title
+        for label, figures in tables[title]:
+            # median, min, max, ratio to the no-op milter on the same socket
+            assert len(figures) == 4 and all(value > 0 for value in figures), (title, label, figures)
     assert "cores" in report and "mix" in report
 
 
