@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import ConfigError, config_path_from_env, load_config
-
-LOG_FORMAT = "amzguard[%(process)d]: %(levelname)s: %(message)s"
+from .log_output import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"configuration OK: {path}")
         return 0
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(config.log_level)
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
     try:
