@@ -102,8 +102,7 @@ def guarded(stage: str, replies: bool) -> Callable[[F], F]:
             try:
                 return func(self, *args)
             except Exception:
-                log.exception("%s: internal error in %s callback", self.queue_id(), stage)
-                self.failed_stage = self.failed_stage or stage
+                self.record_failure(stage)
                 return self.error_reply() if replies else Milter.CONTINUE
 
         return wrapper  # type: ignore[return-value]
@@ -148,6 +147,11 @@ class AmzguardMilter(Milter.Base):
         except Exception:
             value = None
         return value or "NOQUEUE"
+
+    def record_failure(self, stage: str) -> None:
+        """Log the exception being handled; the next callback that may answer gives the error reply."""
+        log.exception("%s: internal error in %s callback", self.queue_id(), stage)
+        self.failed_stage = self.failed_stage or stage
 
     def error_reply(self) -> int:
         """The configured answer to an internal error, in a form legal at the current callback."""
@@ -200,15 +204,30 @@ class AmzguardMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
-    @guarded("header", replies=False)
     def header(self, name: str, value: str) -> int:
-        key = name.casefold() if isinstance(name, str) else str(name).casefold()
-        self.header_counts[key] = self.header_counts.get(key, 0) + 1
-        if key in self.snapshot.wanted_headers and self.header_counts[key] <= MAX_FIELDS_PER_HEADER:
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "surrogateescape")
-            self.headers.append((name, value[:MAX_HEADER_VALUE]))
+        """Declares the header step no-reply for pymilter's negotiation; libmilter calls header_bytes."""
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        self.header_bytes(name, raw)
         return Milter.CONTINUE
+
+    def header_bytes(self, name: str, value: bytes) -> int:
+        """Count every header field, keep those the policy reads.
+
+        Overrides pymilter's decoding hook, which libmilter's callback calls for each field (about ten per
+        message): one Python frame instead of pymilter's decode step plus the no-reply and error wrappers,
+        and only the few fields the policy reads are decoded. Measured with bench/: 0.025-0.04 ms less
+        milter CPU per message. Errors follow ``guarded``: logged, answered at end of message.
+        """
+        try:
+            key = name.casefold() if isinstance(name, str) else str(name).casefold()
+            counts = self.header_counts
+            seen = counts[key] = counts.get(key, 0) + 1
+            if seen <= MAX_FIELDS_PER_HEADER and key in self.snapshot.wanted_headers:
+                text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+                self.headers.append((name, text[:MAX_HEADER_VALUE]))
+        except Exception:
+            self.record_failure("header")
+        return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
 
     @guarded("eom", replies=True)
     def eom(self) -> int:

@@ -182,6 +182,21 @@ def test_odd_input_never_takes_the_process_down(milter: MilterProcess) -> None:
     assert eom_kinds(eom) == [c.SMFIR_REPLYCODE]
 
 
+def test_error_in_a_header_is_answered_at_end_of_message(tmp_path: Path) -> None:
+    # Fault injection from outside the product code: the header step fails on every field.
+    prelude = "import amzguard.adapter as adapter\nadapter.MAX_FIELDS_PER_HEADER = object()\n"
+    proc = start(tmp_path, "faulty-header", prelude=prelude)
+    try:
+        with FakeMta(proc.socket) as mta:
+            _, eom = mta.message("<shop@shop.test>", [OWNER], headers=[TAG])
+        assert eom_kinds(eom) == [c.SMFIR_REPLYCODE] and eom[0].fields["smtpcode"] == "451"
+        text = proc.wait_log("message not judged after failure in header callback")
+        assert "internal error in header callback" in text and "TypeError" in text
+        assert proc.alive()
+    finally:
+        assert proc.stop() == 0
+
+
 @pytest.mark.parametrize(("on_error", "expected"), [("tempfail", c.SMFIR_REPLYCODE), ("accept", c.SMFIR_ACCEPT)])
 def test_internal_error_gives_the_configured_answer(tmp_path: Path, on_error: str, expected: str) -> None:
     # Fault injection from outside the product code: the child's policy raises on every decision.
