@@ -295,7 +295,8 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
             waiter.join(5)
     failed = [proc.args for proc in procs if proc.returncode != 0]
     if failed:
-        raise BenchError(f"{target.setup.name}: smtp-source failed: {failed}\n{errors.read_text(errors='replace')[-2000:]}")
+        output = errors.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{target.setup.name}: smtp-source failed: {failed}\n{output}")
     if done_at is None or len(finished) != len(procs):
         got = sink.received() - before
         raise BenchError(
@@ -439,11 +440,12 @@ def _ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:5.2f}" if reference else "    -"
 
 
-def format_report(results: Results, setups: Sequence[Setup]) -> str:
+def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False) -> str:
     names = [setup.name for setup in setups]
     m = results.machine
     lines = [
         "amzguard pipeline benchmark: smtp-source -> Postfix -> smtp-sink (one machine, one run)",
+        *(["SMOKE RUN: a few messages, one round; the figures only show that the benchmark works"] if smoke else []),
         f"machine: {m.get('cores')} cores ({m.get('cores_usable')} usable), load average at start "
         f"{m.get('load_average')} and end {m.get('load_average_end')}; Postfix {m.get('postfix')}, "
         f"Python {m.get('python')}, libmilter {m.get('libmilter')}, Linux {m.get('kernel')}",
@@ -472,7 +474,8 @@ def format_report(results: Results, setups: Sequence[Setup]) -> str:
             lines.append("")
             lines.append(f"sessions={sessions}  {title} messages/s")
             lines.append(
-                f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no milter':>10} {'/no-op unix':>11} {'/no-op inet':>11}"
+                f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no milter':>10}"
+                f" {'/no-op unix':>11} {'/no-op inet':>11}"
             )
             for setup in setups:
                 value = results.median(setup.name, sessions, metric)
@@ -527,7 +530,9 @@ def results_json(results: Results) -> dict[str, object]:
                     "accepted_per_s": results.median(name, sessions, "accepted_per_s"),
                     "delivered_per_s": results.median(name, sessions, "delivered_per_s"),
                     "milter_cpu_ms": (
-                        results.median(name, sessions, "milter_cpu_ms") if samples[0].milter_cpu_ms is not None else None
+                        results.median(name, sessions, "milter_cpu_ms")
+                        if samples[0].milter_cpu_ms is not None
+                        else None
                     ),
                     "samples": [asdict(sample) for sample in samples],
                 }
@@ -542,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per figure (default 5)")
     parser.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
-    parser.add_argument("--sessions", default="10,50", help="comma-separated smtp-source session counts (default 10,50)")
+    parser.add_argument("--sessions", default="10,50", help="smtp-source sessions, comma-separated")
     parser.add_argument("--setups", default=",".join(SETUP_NAMES), help=f"subset of {','.join(SETUP_NAMES)}")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured messages per setup first (default 200)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
@@ -576,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench.pipeline: {exc}", file=sys.stderr)
         return 1
-    print(format_report(results, setups))
+    print(format_report(results, setups, smoke=args.smoke))
     if args.json:
         args.json.write_text(json.dumps(results_json(results), indent=1))
     return 0

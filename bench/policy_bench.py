@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     count = 2000 if args.smoke else args.count
     gc.collect()
+    if args.smoke:
+        print("SMOKE RUN: few decisions; the figures only show that the benchmark works")
     print(format_report(run(count), clock_overhead_us()))
     return 0
 

@@ -1,9 +1,9 @@
 """PLACEHOLDER: opt-out register lookups at 10k / 100k / 1M entries, with peak memory.
 
 The opt-out register (issue 4) is not in this tree yet. This harness is ready for it: plug the store
-in with ``--store module:factory`` (``make bench BENCH_REGISTER=module:factory``). Until then it runs
-against ``SetStore`` below, an in-memory stand-in that only proves the harness works; its figures say
-nothing about amzguard's register and the report says so.
+in with ``--store module:factory`` here, or ``make bench BENCH_ARGS='--register-store module:factory'``.
+Until then it runs against ``SetStore`` below, an in-memory stand-in that only proves the harness works;
+its figures say nothing about amzguard's register and the report says so.
 
 What the harness expects of a store (see ``OptOutStore``):
 
@@ -145,13 +145,15 @@ def format_report(spec: str, results: list[dict[str, float]]) -> str:
     if spec == STAND_IN:
         title = (
             "opt-out register lookups: PLACEHOLDER (no register in this tree yet; figures below are the\n"
-            "  in-memory stand-in SetStore and only show the harness works; plug the store in with --store)"
+            "  in-memory stand-in SetStore and only show the harness works; plug the store in with\n"
+            "  python -m bench --register-store module:factory, see bench/register_bench.py)"
         )
     else:
         title = f"opt-out register lookups: store {spec}"
     lines = [
         title,
-        f"  {'entries':>9} {'build s':>8} {'lookups/s':>10} {'p50 us':>7} {'p99 us':>7} {'peak MiB':>9} {'disk MiB':>9}",
+        f"  {'entries':>9} {'build s':>8} {'lookups/s':>10} {'p50 us':>7} {'p99 us':>7}"
+        f" {'peak MiB':>9} {'disk MiB':>9}",
     ]
     for r in results:
         lines.append(
@@ -164,7 +166,7 @@ def format_report(spec: str, results: list[dict[str, float]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.register_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=STAND_IN, help=f"module:factory of the store (default: the stand-in {STAND_IN})")
+    parser.add_argument("--store", default=STAND_IN, help=f"module:factory of the store (default: stand-in {STAND_IN})")
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES), help="comma-separated entry counts")
     parser.add_argument("--lookups", type=int, default=100_000, help="lookups per size (default 100000)")
     parser.add_argument("--smoke", action="store_true", help="small sizes (checks the bench works)")

@@ -88,7 +88,8 @@ def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path
 def test_policy_and_register_smoke_report_every_row_with_positive_figures() -> None:
     report = _run(["bench", "--smoke", "--skip-pipeline"], timeout=120)
 
-    for label in ("classify_recipient (mix)", "decision per message (mix)", "only allowed", "only buyer", "only review"):
+    rows = ("classify_recipient (mix)", "decision per message (mix)", "only allowed", "only buyer", "only review")
+    for label in rows:
         [figures] = _row_figures(report, label)
         assert len(figures) == 5 and all(value > 0 for value in figures), (label, figures)
     assert "PLACEHOLDER" in report
