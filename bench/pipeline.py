@@ -181,19 +181,20 @@ def start_target(setup: Setup, base: Path) -> Target:
     milter: MilterProcess | None = None
     milter_spec: str | None = None
     transport_maps = None
-    if setup.milter:
-        milter, milter_spec = _start_milter(setup, workdir)
-    if setup.filter is Filter.ERROR_TRANSPORT:
-        table = workdir / "buyers-transport.regexp"
-        table.write_text(traffic.ERROR_TRANSPORT_REGEXP)
-        transport_maps = f"regexp:{table}"
-    (workdir / "postfix").mkdir(mode=0o755)
-    postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps)
     try:
+        if setup.milter:
+            milter, milter_spec = _start_milter(setup, workdir)
+        if setup.filter is Filter.ERROR_TRANSPORT:
+            table = workdir / "buyers-transport.regexp"
+            table.write_text(traffic.ERROR_TRANSPORT_REGEXP)
+            transport_maps = f"regexp:{table}"
+        (workdir / "postfix").mkdir(mode=0o755)
+        postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps)
         postfix.start()
     except BaseException:
         if milter is not None:
             milter.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # the error carries the milter's or Postfix's log
         raise
     return Target(setup, workdir, postfix, milter)
 
@@ -265,32 +266,35 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
         with lock:
             finished.append(time.perf_counter())
 
+    procs: list[subprocess.Popen[bytes]] = []
     with open(errors, "wb") as err:
         start = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                _source_command(stream, sessions, messages, files[stream.name], postfix.smtp_port),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
-            for stream in MIX
-        ]
-        waiters = [threading.Thread(target=wait_for, args=(proc,), daemon=True) for proc in procs]
-        for waiter in waiters:
-            waiter.start()
-        done_at: float | None = None
-        deadline = start + timeout
-        while time.perf_counter() < deadline:
-            if done_at is None and sink.received() - before >= expected:
-                done_at = time.perf_counter()
-            with lock:
-                all_sent = len(finished) == len(procs)
-            if all_sent and done_at is not None:
-                break
-            time.sleep(0.005)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        try:
+            for stream in MIX:
+                procs.append(
+                    subprocess.Popen(
+                        _source_command(stream, sessions, messages, files[stream.name], postfix.smtp_port),
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    )  # fmt: skip
+                )
+            waiters = [threading.Thread(target=wait_for, args=(proc,), daemon=True) for proc in procs]
+            for waiter in waiters:
+                waiter.start()
+            done_at: float | None = None
+            deadline = start + timeout
+            while time.perf_counter() < deadline:
+                if done_at is None and sink.received() - before >= expected:
+                    done_at = time.perf_counter()
+                with lock:
+                    all_sent = len(finished) == len(procs)
+                if all_sent and done_at is not None:
+                    break
+                time.sleep(0.005)
+        finally:
+            for proc in procs:  # only our own children, also when interrupted
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         for waiter in waiters:
             waiter.join(5)
     failed = [proc.args for proc in procs if proc.returncode != 0]
