@@ -61,14 +61,14 @@ class Snapshot:
 class Runtime:
     """Holds the current snapshot; connections take it once, a reload swaps it atomically."""
 
-    def __init__(self, config: Config, no_reply_steps: bool = True) -> None:
+    def __init__(self, config: Config, data_without_reply: bool = True) -> None:
         self.snapshot = Snapshot.of(config)
-        self.no_reply_steps = no_reply_steps
-        """Whether DATA, too, is negotiated as no-reply (a unix socket), or answers (TCP). Postfix buffers a
-        no-reply packet until it next waits for a reply, so connect, MAIL and the headers travel with the
-        next packet that has one. DATA is the exception: smtpd flushes it alone before cleanup(8) takes the
-        milter connection over; unanswered, it is not ACKed at once (delayed ACK), and Nagle holds
-        cleanup's first packet ~40 ms, once per message. A unix socket has no Nagle."""
+        self.data_without_reply = data_without_reply
+        """Whether DATA, like connect, MAIL and headers, is negotiated no-reply (a unix socket) or answers
+        (TCP). Postfix buffers a no-reply packet until it next waits for a reply, so connect, MAIL and the
+        headers travel with the next packet that has one. DATA is the exception: smtpd flushes it alone
+        before cleanup(8) takes the milter connection over; unanswered, it is not ACKed at once (delayed
+        ACK), and Nagle holds cleanup's first packet ~40 ms, once per message. A unix socket has no Nagle."""
 
     def swap(self, config: Config) -> None:
         self.snapshot = Snapshot.of(config)
@@ -116,7 +116,7 @@ class AmzguardMilter(Milter.Base):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.snapshot = runtime.snapshot
-        self.no_reply_steps = runtime.no_reply_steps
+        self.data_without_reply = runtime.data_without_reply
         self.path = SubmissionPath.UNKNOWN
         self.failed_stage: str | None = None
         self._reset_message()
@@ -126,7 +126,7 @@ class AmzguardMilter(Milter.Base):
         result = super().negotiate(opts)
         opts[0] &= MILTER_ACTIONS
         self._actions = opts[0]
-        if not self.no_reply_steps:
+        if not self.data_without_reply:
             # data() is @Milter.noreply; without the flag it returns CONTINUE, which answers the step.
             opts[1] &= ~Milter.P_NR_DATA
             self._protocol = opts[1]

@@ -118,7 +118,7 @@ def _register(name: str, spec: str, timeout: int) -> None:
 def serve(config: Config, socket_spec: str | None = None, name: str = "amzguard") -> None:
     """Run until libmilter is told to stop (SIGTERM, SIGINT or SIGHUP)."""
     spec = socket_spec or config.milter.socket
-    runtime = Runtime(config, no_reply_steps=unix_socket_path(spec) is not None)
+    runtime = Runtime(config, data_without_reply=unix_socket_path(spec) is not None)
     _prepare_socket_directory(spec)
     # pymilter creates each connection's object through this module attribute; the runtime travels
     # inside the factory, so amzguard itself keeps no global state.
