@@ -1,5 +1,6 @@
-# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite.
-# Both set up what they need on a fresh Debian machine: apt packages (as root, or via sudo) and a venv.
+# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite, `make bench`
+# measures it on a real Postfix (bench/). All set up what they need on a fresh Debian machine: apt packages
+# (as root, or via sudo) and a venv.
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -15,7 +16,7 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 RUN_PACKAGES  := libmilter-dev gcc
 TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd
 
-.PHONY: run test soak check-config system-run system-test venv clean
+.PHONY: run test soak bench check-config system-run system-test venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -28,6 +29,10 @@ test: system-test $(STAMP)
 # The long soak (the test suite runs a short one): memory and descriptors of the milter over 10,000 messages.
 soak: system-test $(STAMP)
 	SOAK_MESSAGES=$${SOAK_MESSAGES:-10000} $(VENV_PY) -m pytest -s tests/e2e/test_soak.py
+
+# Benchmarks, not tests: minutes on a quiet machine; BENCH_ARGS=... goes to `python -m bench` (see --help).
+bench: system-test $(STAMP)
+	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 check-config: $(STAMP)
 	@for f in $$(find etc -name '*.yml' -not -path 'etc/prometheus/*'); do $(VENV)/bin/amzguard check-config -c $$f || exit 1; done

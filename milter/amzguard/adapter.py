@@ -86,13 +86,19 @@ class Runtime:
     hold a stop up: the MTA applies its default action to what it sends after the milter is gone.
     """
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None, data_without_reply: bool = True) -> None:
         self.snapshot = Snapshot.of(config)
         check_store(self.snapshot)
         self.metrics = metrics or Metrics()
         self.metrics.config_loaded(config.policy.mode)
         self._messages_in_progress = 0
         self._progress_changed = threading.Condition()
+        self.data_without_reply = data_without_reply
+        """Whether DATA, like connect, MAIL and headers, is negotiated no-reply (a unix socket) or answers
+        (TCP). Postfix buffers a no-reply packet until it next waits for a reply, so connect, MAIL and the
+        headers travel with the next packet that has one. DATA is the exception: smtpd flushes it alone
+        before cleanup(8) takes the milter connection over; unanswered, it is not ACKed at once (delayed
+        ACK), and Nagle holds cleanup's first packet ~40 ms, once per message. A unix socket has no Nagle."""
 
     def swap(self, config: Config) -> None:
         self.snapshot = Snapshot.of(config, previous=self.snapshot)
@@ -163,9 +169,7 @@ def guarded(stage: MilterStage, replies: bool) -> Callable[[F], F]:
             try:
                 return func(self, *args)
             except Exception:
-                log.exception("%s: internal error in %s callback", self.queue_id(), stage.value)
-                self.metrics.error(stage)
-                self.failed_stage = self.failed_stage or stage.value
+                self.record_failure(stage)
                 return self.error_reply(final=stage is MilterStage.EOM) if replies else Milter.CONTINUE
 
         return wrapper  # type: ignore[return-value]
@@ -181,6 +185,7 @@ class AmzguardMilter(Milter.Base):
         self.runtime = runtime
         self.snapshot = runtime.snapshot
         self.metrics = runtime.metrics
+        self.data_without_reply = runtime.data_without_reply
         self.path = SubmissionPath.UNKNOWN
         self.failed_stage: str | None = None
         self.message_open = False
@@ -197,6 +202,10 @@ class AmzguardMilter(Milter.Base):
             # Only review requests are read (for their order id); without that channel, no body at all.
             self._protocol |= self._offered_protocol & Milter.P_NOBODY
             opts[1] = self._protocol
+        if not self.data_without_reply:
+            # data() is @Milter.noreply; without the flag it returns CONTINUE, which answers the step.
+            opts[1] &= ~Milter.P_NR_DATA
+            self._protocol = opts[1]
         return result
 
     # -- per-message state -------------------------------------------------------------------------
@@ -239,6 +248,12 @@ class AmzguardMilter(Milter.Base):
         except Exception:
             value = None
         return value or "NOQUEUE"
+
+    def record_failure(self, stage: MilterStage) -> None:
+        """Log and count the exception being handled; the next callback that may answer gives the error reply."""
+        log.exception("%s: internal error in %s callback", self.queue_id(), stage.value)
+        self.metrics.error(stage)
+        self.failed_stage = self.failed_stage or stage.value
 
     def error_reply(self, final: bool = False) -> int:
         """The configured answer to an internal error, in a form legal at the current callback.
@@ -307,14 +322,10 @@ class AmzguardMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
-    @guarded(MilterStage.HEADER, replies=False)
     def header(self, name: str, value: str) -> int:
-        key = name.casefold() if isinstance(name, str) else str(name).casefold()
-        self.header_counts[key] = self.header_counts.get(key, 0) + 1
-        if key in self.snapshot.wanted_headers and self.header_counts[key] <= MAX_FIELDS_PER_HEADER:
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "surrogateescape")
-            self.headers.append((name, value[:MAX_HEADER_VALUE]))
+        """Declares the header step no-reply for pymilter's negotiation; libmilter calls header_bytes."""
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        self.header_bytes(name, raw)
         return Milter.CONTINUE
 
     @guarded(MilterStage.BODY, replies=False)
@@ -331,6 +342,25 @@ class AmzguardMilter(Milter.Base):
 
     def _facts(self) -> MessageFacts:
         return MessageFacts(sender=self.sender, path=self.path, headers=tuple(self.headers))
+
+    def header_bytes(self, name: str, value: bytes) -> int:
+        """Count every header field, keep those the policy reads.
+
+        Overrides pymilter's decoding hook, which libmilter's callback calls for each field (about ten per
+        message): one Python frame instead of pymilter's decode step plus the no-reply and error wrappers,
+        and only the few fields the policy reads are decoded. Measured with bench/: 0.025-0.04 ms less
+        milter CPU per message. Errors follow ``guarded``: logged, answered at end of message.
+        """
+        try:
+            key = name.casefold() if isinstance(name, str) else str(name).casefold()
+            counts = self.header_counts
+            seen = counts[key] = counts.get(key, 0) + 1
+            if seen <= MAX_FIELDS_PER_HEADER and key in self.snapshot.wanted_headers:
+                text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+                self.headers.append((name, text[:MAX_HEADER_VALUE]))
+        except Exception:
+            self.record_failure(MilterStage.HEADER)
+        return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
 
     @guarded(MilterStage.EOM, replies=True)
     def eom(self) -> int:

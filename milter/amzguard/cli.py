@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 from . import __version__, optout_cli
 from .config import Config, ConfigError, config_path_from_env, load_config
-
-LOG_FORMAT = "amzguard[%(process)d]: %(levelname)s: %(message)s"
+from .log_output import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return optout_cli.run(args, config)
     if args.command == "explain":
         return _explain(config, args)
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(config.log_level)
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
     try:

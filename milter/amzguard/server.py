@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
+import stat
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-
-import signal
 
 import Milter
 import milter as libmilter  # pymilter's C extension
@@ -51,6 +52,52 @@ def _prepare_socket_directory(spec: str) -> None:
         raise ServeError(f"socket directory {path.parent} is not writable for this user")
 
 
+def inet_port(spec: str) -> int | None:
+    """The port of an ``inet:PORT@HOST`` or ``inet6:PORT@HOST`` spec; None for other sockets."""
+    for prefix in ("inet:", "inet6:"):
+        if spec.startswith(prefix):
+            port = spec[len(prefix) :].split("@", 1)[0]
+            return int(port) if port.isdigit() else None
+    return None
+
+
+def _open_descriptors() -> Iterable[int]:
+    try:
+        return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    except OSError:
+        return range(1024)
+
+
+def disable_nagle(port: int) -> bool:
+    """Set TCP_NODELAY on libmilter's listening socket; accepted connections inherit it.
+
+    Why: at end of message libmilter writes each change (delete recipient, add recipient, change header)
+    as a packet of its own and Postfix answers none of them, so with Nagle on, every packet after the
+    first waits for Postfix's delayed ACK (~40 ms each). libmilter does not hand out its socket, so it is
+    found among the process's descriptors: the listening TCP socket bound to our port.
+    """
+    for fd in _open_descriptors():
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            listener = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with listener:
+            try:
+                if (
+                    listener.family in (socket.AF_INET, socket.AF_INET6)
+                    and listener.type == socket.SOCK_STREAM
+                    and listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    and listener.getsockname()[1] == port
+                ):
+                    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def _register(name: str, spec: str, timeout: int) -> None:
     libmilter.set_flags(MILTER_ACTIONS)
     libmilter.set_connect_callback(Milter.connect_callback)
@@ -78,7 +125,7 @@ def serve(
 ) -> None:
     """Run until SIGTERM, SIGINT or SIGHUP (finishing the messages in progress); SIGUSR1 reloads ``config_path``."""
     spec = socket_spec or config.milter.socket
-    runtime = Runtime(config, Metrics())
+    runtime = Runtime(config, Metrics(), data_without_reply=unix_socket_path(spec) is not None)
     runtime.metrics.watch_register(lambda: runtime.snapshot.store if runtime.snapshot.uses_store() else None)
     _prepare_socket_directory(spec)
     signals = ServiceSignals()
@@ -108,6 +155,9 @@ def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, conf
         raise ServeError(f"cannot listen on {spec}: {exc}") from None
     finally:
         os.umask(previous_umask)
+    port = inet_port(spec)
+    if port is not None and not disable_nagle(port):
+        log.warning("could not set TCP_NODELAY on %s: messages amzguard changes may be delayed ~40 ms", spec)
     log.info("listening on %s (%s)", spec, summary(config))
     failure: list[BaseException] = []
     with signals.blocked():

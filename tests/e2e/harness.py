@@ -394,6 +394,10 @@ class Sink:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def command(self) -> list[str]:
+        """The smtp-sink command line (a subclass may record differently, e.g. bench/ only counts)."""
+        return [SMTP_SINK, "-u", "nobody", "-d", f"{self.directory}/%H%M%S.", f"127.0.0.1:{self.port}", "1000"]
+
     def start(self, timeout: float = 10.0) -> "Sink":
         """Start smtp-sink and wait until it listens; retries on a port race."""
         if self.proc is not None:
@@ -408,13 +412,7 @@ class Sink:
             log = open(self._log_path, "ab")
             try:
                 proc = subprocess.Popen(
-                    [
-                        SMTP_SINK,
-                        "-u", "nobody",
-                        "-d", f"{self.directory}/%H%M%S.",
-                        f"127.0.0.1:{self.port}",
-                        "1000",
-                    ],
+                    self.command(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,

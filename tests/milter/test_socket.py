@@ -1,15 +1,18 @@
-"""The real milter process on a unix socket, driven through the milter protocol (PyPI miltertest)."""
+"""The real milter process on its socket, driven through the milter protocol (PyPI miltertest)."""
 
 from __future__ import annotations
 
 import os
 import stat
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from miltertest import constants as c
 
+from amzguard.server import disable_nagle
+from tests.e2e.harness import free_port
 from tests.support.fake_mta import LOCAL_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
@@ -54,6 +57,40 @@ def test_negotiates_only_what_it_uses(milter: MilterProcess) -> None:
         # The review channel is on: bodies are offered (a review request's order id may be there), and
         # the milter answers each chunk so that it can tell the MTA to skip the rest.
         assert not mta.protocol & (c.SMFIP_NOBODY | c.SMFIP_NR_BODY)
+
+
+def test_over_tcp_data_replies(tmp_path: Path) -> None:
+    """Over inet: an unanswered DATA would let Nagle and delayed ACKs stall Postfix ~40 ms per message; the
+    other no-reply steps travel in Postfix's buffer with the next packet that waits for a reply."""
+    socket = f"inet:{free_port()}@127.0.0.1"
+    config = write_config(tmp_path / "inet.yml", socket)
+    with MilterProcess(config, socket, tmp_path / "inet.log") as proc, FakeMta(proc.socket) as mta:
+        # (bodies are offered: the review channel is on, see test_negotiates_only_what_it_uses)
+        for flag in (c.SMFIP_NOHELO, c.SMFIP_NOEOH, c.SMFIP_NOUNKNOWN):
+            assert mta.protocol & flag, hex(flag)
+        for flag in (c.SMFIP_NR_CONN, c.SMFIP_NR_MAIL, c.SMFIP_NR_HDR):
+            assert mta.protocol & flag, hex(flag)
+        assert not mta.protocol & c.SMFIP_NR_DATA
+        assert not mta.protocol & c.SMFIP_NR_RCPT
+        rcpts, eom = mta.message("<shop@shop.test>", [MARKED], headers=[TAG])
+        log = proc.log_text()
+    assert rcpts[MARKED].command == c.SMFIR_CONTINUE
+    assert eom_kinds(eom) == [c.SMFIR_DELRCPT, c.SMFIR_ADDRCPT, c.SMFIR_CHGHEADER, c.SMFIR_ACCEPT]
+    assert "listening on" in log and "TCP_NODELAY" not in log  # the listener was found and set
+
+
+def test_nodelay_is_set_on_the_listener_of_that_port_only() -> None:
+    """Each change at end of message is a packet Postfix does not answer; with Nagle on, each would wait
+    for a delayed ACK. Connections inherit TCP_NODELAY from the listener libmilter opened."""
+    with socket.create_server(("127.0.0.1", 0)) as ours, socket.create_server(("127.0.0.1", 0)) as other:
+        assert disable_nagle(ours.getsockname()[1])
+        with socket.create_connection(ours.getsockname()) as client:
+            accepted, _ = ours.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not other.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not disable_nagle(free_port())
 
 
 def test_other_recipient_is_accepted_unchanged(milter: MilterProcess) -> None:
@@ -157,6 +194,21 @@ def test_odd_input_never_takes_the_process_down(milter: MilterProcess) -> None:
     with FakeMta(milter.socket) as mta:
         _, eom = mta.message("<shop@shop.test>", [BUYER])
     assert eom_kinds(eom) == [c.SMFIR_REPLYCODE]
+
+
+def test_error_in_a_header_is_answered_at_end_of_message(tmp_path: Path) -> None:
+    # Fault injection from outside the product code: the header step fails on every field.
+    prelude = "import amzguard.adapter as adapter\nadapter.MAX_FIELDS_PER_HEADER = object()\n"
+    proc = start(tmp_path, "faulty-header", prelude=prelude)
+    try:
+        with FakeMta(proc.socket) as mta:
+            _, eom = mta.message("<shop@shop.test>", [OWNER], headers=[TAG])
+        assert eom_kinds(eom) == [c.SMFIR_REPLYCODE] and eom[0].fields["smtpcode"] == "451"
+        text = proc.wait_log("message not judged after failure in header callback")
+        assert "internal error in header callback" in text and "TypeError" in text
+        assert proc.alive()
+    finally:
+        assert proc.stop() == 0
 
 
 @pytest.mark.parametrize(("on_error", "expected"), [("tempfail", c.SMFIR_REPLYCODE), ("accept", c.SMFIR_ACCEPT)])

@@ -54,11 +54,15 @@ class MilterProcess:
         self.prelude = prelude
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> MilterProcess:
+    def command(self) -> list[str]:
+        """The command line started (a subclass may run another milter, e.g. bench/'s do-nothing one)."""
         code = f"{self.prelude}\nimport sys\nfrom amzguard.cli import main\nsys.exit(main(sys.argv[1:]))"
+        return [sys.executable, "-c", code, "run", "-c", str(self.config)]
+
+    def start(self, timeout: float = 15.0) -> MilterProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", code, "run", "-c", str(self.config)],
+                self.command(),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
                 group=self.group,  # e.g. "postfix", so the 0660 socket is Postfix's to connect to

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amzguard.address import (
     BuyerPatterns,
     classify_recipient,
+    domain_matches,
     format_address,
     normalise_domain,
     parse_address,
@@ -159,3 +162,14 @@ def test_configured_prefixes_are_used() -> None:
 def test_format_address(local: str, domain: str, expected: str) -> None:
     assert format_address(local, domain) == expected
     assert parse_address(expected).local == local
+
+
+@given(
+    domain=st.text(alphabet="am.zx-", max_size=24),
+    suffixes=st.lists(st.text(alphabet="am.zx-", max_size=10), max_size=5),
+)
+def test_domain_matching_is_exactly_a_label_aligned_suffix_test(domain: str, suffixes: list[str]) -> None:
+    # The set lookup over the domain's tails must answer as the plain definition does, for any input.
+    expected = any(domain == suffix or domain.endswith("." + suffix) for suffix in suffixes)
+    assert domain_matches(domain, tuple(suffixes)) is expected
+    assert domain_matches(domain, frozenset(suffixes)) is expected

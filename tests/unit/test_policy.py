@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amzguard.address import BuyerPatterns, classify_recipient, parse_address
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS, DEFAULT_REPLY_TEXT
@@ -23,6 +25,7 @@ from amzguard.policy import (
     ReviewChannelSettings,
     SubmissionPath,
     refusal_address,
+    refusal_text,
     tag_value_matches,
 )
 
@@ -254,3 +257,9 @@ def test_every_review_tag_is_bad_without_a_secret() -> None:
     policy = dataclasses.replace(policy, rules=(dataclasses.replace(policy.rules[0], settings=dataclasses.replace(
         policy.settings.review, token=b"")),))  # fmt: skip
     assert policy.bad_token_channels(facts([TAG])) == (Channel.REVIEW,)
+
+
+@given(st.text(max_size=1200))
+def test_refusal_text_keeps_printable_ascii_and_replaces_everything_else(reply_text: str) -> None:
+    expected = "".join(c if " " <= c <= "~" and c != "%" else "?" for c in reply_text)[:900]
+    assert refusal_text(reply_text, []) == expected

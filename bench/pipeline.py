@@ -1,0 +1,595 @@
+"""amzguard's cost on a real Postfix, side by side with the alternatives, in one run on one machine.
+
+Pipeline: ``smtp-source`` (the shop) -> a throwaway Postfix per setup -> ``smtp-sink`` (the internet).
+Setups: Postfix alone (the pipeline's limit), Postfix with a do-nothing pymilter milter (the framework
+floor) and with amzguard, each milter over a unix socket and over ``inet:``, and Postfix with the
+``error:`` transport-map recipe an admin would use instead of a milter.
+
+Every setup runs all the time; the measured runs are interleaved (setup order rotated each round) so
+that drift on a shared machine spreads over all setups, and each figure is the median of the rounds.
+Only ratios measured in the same run mean anything: absolute rates drift with the machine.
+
+Run as root (Postfix instances): ``make bench`` or ``python -m bench.pipeline --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/pipeline.py` as well as `python -m bench.pipeline`
+    sys.path.insert(0, str(REPO))
+
+from bench import traffic  # noqa: E402
+from bench.noop_milter import negotiated_steps  # noqa: E402
+from bench.traffic import MIX, Filter  # noqa: E402
+from tests.e2e.harness import SMTP_SINK, PostfixInstance, Sink, free_port  # noqa: E402
+from tests.support.milter_process import MilterProcess, write_config  # noqa: E402
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+POSTCONF = "/usr/sbin/postconf"
+
+BENCH_MAIN_CF = {
+    # Room for 50 smtpd plus their cleanup processes at once.
+    "default_process_limit": "200",
+    # Keep smtpd processes between runs: respawning them would be measured as well.
+    "max_idle": "600s",
+    "max_use": "100000",
+}
+"""main.cf settings added to the e2e harness's for benchmarking."""
+
+
+class BenchError(RuntimeError):
+    """A run did not complete as it must (lost or unexpected mail, a tool failing): no figure from it."""
+
+
+# --------------------------------------------------------------------------- Postfix and its sink
+
+
+class CountingSink(Sink):
+    """smtp-sink that keeps nothing and only counts (``-c``): writing files would be measured too."""
+
+    _COUNTER = re.compile(rb"mesg=(\d+)\r")
+
+    def command(self) -> list[str]:
+        return [SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1000"]
+
+    def received(self) -> int:
+        """Messages received so far: smtp-sink rewrites its counter line (``... mesg=N\\r``) on stdout."""
+        try:
+            with open(self._log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 512))
+                tail = log.read()
+        except FileNotFoundError:
+            return 0
+        counts = self._COUNTER.findall(tail)
+        return int(counts[-1]) if counts else 0
+
+
+class BenchPostfix(PostfixInstance):
+    """The e2e harness's Postfix, with a counting sink and settings for many parallel sessions."""
+
+    def __init__(self, workdir: Path, milter: str | None = None, transport_maps: str | None = None) -> None:
+        super().__init__(workdir, milter=milter, transport_maps=transport_maps, extra_main_cf=BENCH_MAIN_CF)
+        self.sink = CountingSink(self.workdir / "sink")
+
+    def queue_empty(self) -> bool:
+        """No file in any queue: cheaper than ``postqueue -j`` between measured runs."""
+        for name in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _root, _dirs, files in os.walk(self.queue_dir / name):
+                if files:
+                    return False
+        return True
+
+
+class NoopMilterProcess(MilterProcess):
+    """bench/noop_milter.py in a child process, started and stopped like amzguard."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(REPO / "bench" / "noop_milter.py"), self.socket]
+
+
+# --------------------------------------------------------------------------- setups
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    label: str
+    filter: Filter
+    milter: str | None = None
+    """"noop" or "amzguard"."""
+    socket: str | None = None
+    """"unix" or "inet"."""
+
+
+SETUPS: tuple[Setup, ...] = (
+    Setup("postfix", "Postfix, no milter", Filter.NONE),
+    Setup("noop-unix", "no-op pymilter, unix:", Filter.NONE, "noop", "unix"),
+    Setup("noop-inet", "no-op pymilter, inet:", Filter.NONE, "noop", "inet"),
+    Setup("amzguard-unix", "amzguard, unix:", Filter.AMZGUARD, "amzguard", "unix"),
+    Setup("amzguard-inet", "amzguard, inet:", Filter.AMZGUARD, "amzguard", "inet"),
+    Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
+)
+SETUP_NAMES = tuple(setup.name for setup in SETUPS)
+
+
+@dataclass
+class Target:
+    """One running setup: its Postfix, its milter (if any), their directory."""
+
+    setup: Setup
+    workdir: Path
+    postfix: BenchPostfix
+    milter: MilterProcess | None = None
+
+    def stop(self) -> None:
+        try:
+            self.postfix.stop()
+        finally:
+            if self.milter is not None:
+                self.milter.stop()
+
+
+def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
+    """Start the setup's milter; returns it and the socket spec Postfix must use."""
+    for _attempt in range(4):
+        if setup.socket == "unix":
+            libmilter_spec = f"unix:{workdir / 'milter.sock'}"
+            postfix_spec = libmilter_spec
+        else:
+            port = free_port()
+            libmilter_spec = f"inet:{port}@127.0.0.1"
+            postfix_spec = f"inet:127.0.0.1:{port}"
+        log = workdir / "milter.log"
+        process: MilterProcess
+        if setup.milter == "amzguard":
+            config = write_config(workdir / "amzguard.yml", libmilter_spec, **traffic.amzguard_sections())
+            process = MilterProcess(config, libmilter_spec, log, group="postfix")
+        else:
+            process = NoopMilterProcess(workdir / "unused.yml", libmilter_spec, log, group="postfix")
+        try:
+            return process.start(), postfix_spec
+        except RuntimeError:
+            if setup.socket == "unix":
+                raise
+    raise BenchError(f"{setup.name}: milter did not start on a free port")
+
+
+def start_target(setup: Setup, base: Path) -> Target:
+    # Like the harness's make_workdir, but under ``base`` (e.g. /dev/shm to take the disk out).
+    workdir = Path(tempfile.mkdtemp(prefix=f"amzguard-bench-{setup.name}-", dir=base))
+    workdir.chmod(0o755)
+    milter: MilterProcess | None = None
+    milter_spec: str | None = None
+    transport_maps = None
+    try:
+        if setup.milter:
+            milter, milter_spec = _start_milter(setup, workdir)
+        if setup.filter is Filter.ERROR_TRANSPORT:
+            table = workdir / "buyers-transport.regexp"
+            table.write_text(traffic.ERROR_TRANSPORT_REGEXP)
+            transport_maps = f"regexp:{table}"
+        (workdir / "postfix").mkdir(mode=0o755)
+        postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps)
+        postfix.start()
+    except BaseException:
+        if milter is not None:
+            milter.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # the error carries the milter's or Postfix's log
+        raise
+    return Target(setup, workdir, postfix, milter)
+
+
+@contextlib.contextmanager
+def running_targets(setups: Sequence[Setup], base: Path, keep: bool) -> Iterator[list[Target]]:
+    targets: list[Target] = []
+    try:
+        for setup in setups:
+            targets.append(start_target(setup, base))
+        yield targets
+    finally:
+        for target in targets:
+            with contextlib.suppress(Exception):
+                target.stop()
+            if not keep:
+                shutil.rmtree(target.workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- one measured run
+
+
+@dataclass
+class Sample:
+    accepted_per_s: float
+    """Messages the client got Postfix's final answer for (queued or refused), per second of sending."""
+    delivered_per_s: float
+    """The same messages per second until the last one that may leave reached the sink."""
+    send_seconds: float
+    done_seconds: float
+    messages: int
+    delivered: int
+    milter_cpu_ms: float | None = None
+    """CPU time (user + system) the milter process used per message; None without a milter. Less
+    sensitive to other load on the machine than the rates, and the cost a milter adds to the host."""
+
+
+def _source_command(stream: traffic.Stream, sessions: int, messages: int, message_file: Path, port: int) -> list[str]:
+    command = [
+        SMTP_SOURCE,
+        "-A",  # a refused recipient or message is an answer, not a reason to stop
+        "-s", str(traffic.split(sessions, stream)),
+        "-m", str(traffic.split(messages, stream)),
+        "-F", str(message_file),
+        "-f", stream.sender,
+        "-t", stream.recipient,
+    ]  # fmt: skip
+    if stream.numbered:
+        command.append("-N")
+    command.append(f"127.0.0.1:{port}")
+    return command
+
+
+def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path], timeout: float) -> Sample:
+    """Send the mix once through ``target`` and wait until everything that may leave has reached the sink."""
+    postfix = target.postfix
+    sink = postfix.sink
+    assert isinstance(sink, CountingSink)
+    before = sink.received()
+    cpu_before = _cpu_seconds(target.milter.pid) if target.milter else None
+    sent = sum(traffic.split(messages, stream) for stream in MIX)
+    expected = sum(traffic.split(messages, s) for s in MIX if s.delivered_with(target.setup.filter))
+    errors = target.workdir / "smtp-source.err"
+    finished: list[float] = []
+    lock = threading.Lock()
+
+    def wait_for(proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        with lock:
+            finished.append(time.perf_counter())
+
+    procs: list[subprocess.Popen[bytes]] = []
+    with open(errors, "wb") as err:
+        start = time.perf_counter()
+        try:
+            for stream in MIX:
+                procs.append(
+                    subprocess.Popen(
+                        _source_command(stream, sessions, messages, files[stream.name], postfix.smtp_port),
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    )  # fmt: skip
+                )
+            waiters = [threading.Thread(target=wait_for, args=(proc,), daemon=True) for proc in procs]
+            for waiter in waiters:
+                waiter.start()
+            done_at: float | None = None
+            deadline = start + timeout
+            while time.perf_counter() < deadline:
+                if done_at is None and sink.received() - before >= expected:
+                    done_at = time.perf_counter()
+                with lock:
+                    all_sent = len(finished) == len(procs)
+                if all_sent and done_at is not None:
+                    break
+                time.sleep(0.005)
+        finally:
+            for proc in procs:  # only our own children, also when interrupted
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for waiter in waiters:
+            waiter.join(5)
+    failed = [proc.args for proc in procs if proc.returncode != 0]
+    if failed:
+        output = errors.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{target.setup.name}: smtp-source failed: {failed}\n{output}")
+    if done_at is None or len(finished) != len(procs):
+        got = sink.received() - before
+        raise BenchError(
+            f"{target.setup.name}: s={sessions}: sink got {got} of {expected} messages within {timeout:.0f}s\n"
+            f"--- maillog tail ---\n{postfix.maillog()[-3000:]}"
+        )
+    _wait_drained(target, before + expected)
+    send_seconds = max(finished) - start
+    done_seconds = max(done_at, max(finished)) - start
+    milter_cpu_ms = None
+    if target.milter and cpu_before is not None:
+        milter_cpu_ms = (_cpu_seconds(target.milter.pid) - cpu_before) * 1000 / sent
+    return Sample(
+        accepted_per_s=sent / send_seconds,
+        delivered_per_s=sent / done_seconds,
+        send_seconds=send_seconds,
+        done_seconds=done_seconds,
+        messages=sent,
+        delivered=expected,
+        milter_cpu_ms=milter_cpu_ms,
+    )
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and all its threads so far, ended ones included.
+
+    The process's CPU-time clock (clock_getcpuclockid) has nanosecond resolution; /proc/PID/stat's clock
+    ticks (10 ms) are the fallback.
+    """
+    if pid is None:
+        return 0.0
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
+        with contextlib.suppress(OSError):
+            return time.clock_gettime(clock.value)
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _wait_drained(target: Target, expected_total: int, timeout: float = 30.0) -> None:
+    """Queue empty and not one message more than expected at the sink: the setup did what it should."""
+    deadline = time.monotonic() + timeout
+    while not target.postfix.queue_empty():
+        if time.monotonic() > deadline:
+            raise BenchError(f"{target.setup.name}: queue not empty after the run\n{target.postfix.maillog()[-3000:]}")
+        time.sleep(0.02)
+    got = target.postfix.sink.received()  # type: ignore[attr-defined]
+    if got != expected_total:
+        raise BenchError(f"{target.setup.name}: sink has {got} messages, expected {expected_total}")
+
+
+# --------------------------------------------------------------------------- rounds and report
+
+
+@dataclass
+class Results:
+    sessions: list[int]
+    rounds: int
+    messages: int
+    samples: dict[str, dict[int, list[Sample]]] = field(default_factory=dict)
+    machine: dict[str, object] = field(default_factory=dict)
+
+    def add(self, setup: str, sessions: int, sample: Sample) -> None:
+        self.samples.setdefault(setup, {}).setdefault(sessions, []).append(sample)
+
+    def median(self, setup: str, sessions: int, metric: str) -> float:
+        return statistics.median(getattr(s, metric) for s in self.samples[setup][sessions])
+
+    def spread(self, setup: str, sessions: int, metric: str) -> tuple[float, float]:
+        values = [getattr(s, metric) for s in self.samples[setup][sessions]]
+        return min(values), max(values)
+
+
+def machine_facts() -> dict[str, object]:
+    def command_output(args: list[str]) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        except OSError:
+            return "?"
+
+    import milter as libmilter  # pymilter's C extension, for the libmilter version
+
+    return {
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "postfix": command_output([POSTCONF, "-d", "-h", "mail_version"]),
+        "python": platform.python_version(),
+        "libmilter": ".".join(str(x) for x in libmilter.getversion()),
+        "kernel": platform.release(),
+    }
+
+
+def run_benchmark(
+    setups: Sequence[Setup],
+    sessions: Sequence[int],
+    rounds: int,
+    messages: int,
+    warmup: int,
+    base: Path,
+    keep: bool,
+    timeout: float,
+    progress: bool = True,
+) -> Results:
+    results = Results(sessions=list(sessions), rounds=rounds, messages=messages, machine=machine_facts())
+    files = traffic.write_message_files(base / f"amzguard-bench-messages-{os.getpid()}")
+    try:
+        with running_targets(setups, base, keep) as targets:
+            if warmup:
+                for target in targets:
+                    for count in sessions:
+                        run_once(target, count, max(warmup, count), files, timeout)
+            for round_index in range(rounds):
+                order = targets[round_index % len(targets) :] + targets[: round_index % len(targets)]
+                session_order = list(sessions) if round_index % 2 == 0 else list(reversed(sessions))
+                for count in session_order:
+                    for target in order:
+                        sample = run_once(target, count, messages, files, timeout)
+                        results.add(target.setup.name, count, sample)
+                        if progress:
+                            print(
+                                f"  round {round_index + 1}/{rounds} s={count:<3} {target.setup.name:<16}"
+                                f" accepted {sample.accepted_per_s:7.1f}/s  delivered {sample.delivered_per_s:7.1f}/s",
+                                file=sys.stderr, flush=True,
+                            )  # fmt: skip
+    finally:
+        shutil.rmtree(files[MIX[0].name].parent, ignore_errors=True)
+    results.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+METRICS = (("accepted_per_s", "accepted"), ("delivered_per_s", "delivered"))
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:5.2f}" if reference else "    -"
+
+
+def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False) -> str:
+    names = [setup.name for setup in setups]
+    m = results.machine
+    lines = [
+        "amzguard pipeline benchmark: smtp-source -> Postfix -> smtp-sink (one machine, one run)",
+        *(["SMOKE RUN: a few messages, one round; the figures only show that the benchmark works"] if smoke else []),
+        f"machine: {m.get('cores')} cores ({m.get('cores_usable')} usable), load average at start "
+        f"{m.get('load_average')} and end {m.get('load_average_end')}; Postfix {m.get('postfix')}, "
+        f"Python {m.get('python')}, libmilter {m.get('libmilter')}, Linux {m.get('kernel')}",
+        f"runs: {results.rounds} round(s) per figure (median; setup order rotated each round), "
+        f"{results.messages} messages per run, ~{traffic.MESSAGE_SIZE} B each, a new SMTP session per message",
+        "mix (one smtp-source process per stream, sessions and messages split in these shares):",
+        traffic.describe_mix(),
+        "  order mail is delivered everywhere; buyer mail is refused at RCPT by amzguard (sender not allowed",
+        "  on the review channel) and by the error: transport map; review requests (tag header, from the",
+        "  review sender) are delivered by amzguard with the marker removed and refused by the transport map;",
+        "  Postfix alone and the no-op milter deliver everything.",
+        "accepted/s: messages answered by Postfix (queued or refused) per second of sending;",
+        "delivered/s: the same messages per second until the last one that may leave reached the sink.",
+        f"no-op milter: {negotiated_steps()}.",
+        "amzguard: HELO, end-of-headers, body, unknown negotiated away; connect, MAIL and headers no-reply;",
+        "  DATA no-reply on unix only (over TCP an unanswered DATA stalls the next packet ~40 ms); only the",
+        "  actions it uses (add/delete recipient, change header).",
+    ]
+    for sessions in results.sessions:
+        for metric, title in METRICS:
+            base = results.median("postfix", sessions, metric) if "postfix" in names else None
+            noop = {
+                kind: results.median(f"noop-{kind}", sessions, metric) if f"noop-{kind}" in names else None
+                for kind in ("unix", "inet")
+            }
+            lines.append("")
+            lines.append(f"sessions={sessions}  {title} messages/s")
+            lines.append(
+                f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no milter':>10}"
+                f" {'/no-op unix':>11} {'/no-op inet':>11}"
+            )
+            for setup in setups:
+                value = results.median(setup.name, sessions, metric)
+                low, high = results.spread(setup.name, sessions, metric)
+                lines.append(
+                    f"  {setup.label:<24} {value:8.1f} {f'{low:.0f}-{high:.0f}':>15}  {_ratio(value, base):>10}"
+                    f" {_ratio(value, noop['unix']):>11} {_ratio(value, noop['inet']):>11}"
+                )
+        milters = [setup for setup in setups if setup.milter]
+        if milters:
+            lines.append("")
+            lines.append(f"sessions={sessions}  milter CPU ms per message (user + system, all threads)")
+            lines.append(f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no-op same socket':>18}")
+            for setup in milters:
+                value = results.median(setup.name, sessions, "milter_cpu_ms")
+                low, high = results.spread(setup.name, sessions, "milter_cpu_ms")
+                reference = f"noop-{setup.socket}"
+                noop_cpu = results.median(reference, sessions, "milter_cpu_ms") if reference in names else None
+                lines.append(
+                    f"  {setup.label:<24} {value:8.3f} {f'{low:.3f}-{high:.3f}':>15}  {_ratio(value, noop_cpu):>18}"
+                )
+    lines.append("")
+    lines.append("targets (amzguard vs the no-op milter on the same socket >= 0.95, vs no milter >= 0.80):")
+    for sessions in results.sessions:
+        for kind in ("unix", "inet"):
+            name = f"amzguard-{kind}"
+            if name not in names:
+                continue
+            for metric, title in METRICS:
+                value = results.median(name, sessions, metric)
+                parts = []
+                if f"noop-{kind}" in names:
+                    ratio = value / results.median(f"noop-{kind}", sessions, metric)
+                    parts.append(f"/no-op {ratio:.2f} {'ok' if ratio >= 0.95 else 'MISSED'}")
+                if "postfix" in names:
+                    ratio = value / results.median("postfix", sessions, metric)
+                    parts.append(f"/no milter {ratio:.2f} {'ok' if ratio >= 0.80 else 'MISSED'}")
+                lines.append(f"  s={sessions:<3} {name:<14} {title:<9} " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def results_json(results: Results) -> dict[str, object]:
+    return {
+        "machine": results.machine,
+        "rounds": results.rounds,
+        "messages": results.messages,
+        "sessions": results.sessions,
+        "mix": [{"name": s.name, "kind": s.kind.value, "share": s.share} for s in MIX],
+        "setups": {
+            name: {
+                str(sessions): {
+                    "accepted_per_s": results.median(name, sessions, "accepted_per_s"),
+                    "delivered_per_s": results.median(name, sessions, "delivered_per_s"),
+                    "milter_cpu_ms": (
+                        results.median(name, sessions, "milter_cpu_ms")
+                        if samples[0].milter_cpu_ms is not None
+                        else None
+                    ),
+                    "samples": [asdict(sample) for sample in samples],
+                }
+                for sessions, samples in per_sessions.items()
+            }
+            for name, per_sessions in results.samples.items()
+        },
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per figure (default 5)")
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
+    parser.add_argument("--sessions", default="10,50", help="smtp-source sessions, comma-separated")
+    parser.add_argument("--setups", default=",".join(SETUP_NAMES), help=f"subset of {','.join(SETUP_NAMES)}")
+    parser.add_argument("--warmup", type=int, default=200, help="unmeasured messages per setup first (default 200)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp"), help="where the instances live (default /tmp)")
+    parser.add_argument("--json", type=Path, help="also write medians and every sample as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the instances' directories (logs) afterwards")
+    parser.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
+    parser.add_argument("--smoke", action="store_true", help="a few messages, one round (checks the bench works)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.pipeline: needs root (it runs private Postfix instances, as `make test` does)", file=sys.stderr)
+        return 2
+    if args.smoke:
+        args.rounds, args.messages, args.warmup = 1, 20, 0
+    wanted = [name.strip() for name in args.setups.split(",") if name.strip()]
+    unknown = set(wanted) - set(SETUP_NAMES)
+    if unknown:
+        print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(SETUP_NAMES)}", file=sys.stderr)
+        return 2
+    setups = [setup for setup in SETUPS if setup.name in wanted]
+    sessions = [int(value) for value in args.sessions.split(",")]
+    try:
+        results = run_benchmark(
+            setups, sessions, args.rounds, args.messages, args.warmup, args.workdir, args.keep, args.timeout,
+            progress=not args.quiet,
+        )  # fmt: skip
+    except BenchError as exc:
+        print(f"bench.pipeline: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(results, setups, smoke=args.smoke))
+    if args.json:
+        args.json.write_text(json.dumps(results_json(results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Smoke runs of the benchmarks, so bench/ does not rot. No timing is asserted: only that each bench
+runs to the end, reports every row, and every figure is a positive number."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.pipeline import SETUPS
+
+REPO = Path(__file__).resolve().parents[2]
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+pytestmark = pytest.mark.bench
+
+
+def _run(args: list[str], timeout: float) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _tables(report: str) -> dict[str, list[tuple[str, list[float]]]]:
+    """Each ``sessions=...`` table of the pipeline report: its rows as (setup label, numbers)."""
+    labels = sorted((setup.label for setup in SETUPS), key=len, reverse=True)
+    tables: dict[str, list[tuple[str, list[float]]]] = {}
+    rows: list[tuple[str, list[float]]] | None = None
+    for line in report.splitlines():
+        if line.startswith("sessions="):
+            rows = tables.setdefault(line, [])
+        elif not line.strip():
+            rows = None
+        elif rows is not None:
+            label = next((label for label in labels if line.strip().startswith(label + " ")), None)
+            if label is not None:
+                rest = line.strip()[len(label) :]
+                rows.append((label, [float(x) for x in NUMBER.findall(rest.replace("-", " "))]))
+    return tables
+
+
+def _row_figures(report: str, label: str) -> list[list[float]]:
+    """The numbers of every report line that starts with ``label`` and a space (ranges like 12-34 count as two)."""
+    rows = []
+    for line in report.splitlines():
+        if line.strip().startswith(label + " "):
+            rest = line.strip()[len(label) :]
+            rows.append([float(x) for x in NUMBER.findall(rest.replace("-", " "))])
+    return rows
+
+
+def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.json"
+    report = _run(["bench.pipeline", "--smoke", "--quiet", "--json", str(out)], timeout=120)
+
+    data = json.loads(out.read_text())
+    assert data["machine"]["cores"] >= 1
+    assert sorted(data["setups"]) == sorted(setup.name for setup in SETUPS)
+    for name, per_sessions in data["setups"].items():
+        assert sorted(per_sessions) == ["10", "50"], name
+        for sessions, figures in per_sessions.items():
+            assert figures["accepted_per_s"] > 0 and figures["delivered_per_s"] > 0, (name, sessions)
+            assert len(figures["samples"]) == 1
+
+    tables = _tables(report)
+    rates = [f"sessions={n}  {what} messages/s" for n in (10, 50) for what in ("accepted", "delivered")]
+    cpu = [f"sessions={n}  milter CPU ms per message (user + system, all threads)" for n in (10, 50)]
+    assert sorted(tables) == sorted(rates + cpu)
+    for title in rates:
+        assert [row[0] for row in tables[title]] == [setup.label for setup in SETUPS], title
+        for label, figures in tables[title]:
+            # median, min, max, then the ratios to no milter and to both no-op milters
+            assert len(figures) == 6 and all(value > 0 for value in figures), (title, label, figures)
+    for title in cpu:
+        assert [row[0] for row in tables[title]] == [setup.label for setup in SETUPS if setup.milter], title
+        for label, figures in tables[title]:
+            # median, min, max, ratio to the no-op milter on the same socket
+            assert len(figures) == 4 and all(value > 0 for value in figures), (title, label, figures)
+    assert "cores" in report and "mix" in report
+
+
+def test_policy_and_register_smoke_report_every_row_with_positive_figures() -> None:
+    report = _run(["bench", "--smoke", "--skip-pipeline"], timeout=120)
+
+    rows = ("classify_recipient (mix)", "decision per message (mix)", "only allowed", "only buyer", "only review")
+    for label in rows:
+        [figures] = _row_figures(report, label)
+        assert len(figures) == 5 and all(value > 0 for value in figures), (label, figures)
+    assert "opt-out register lookups: store bench.register_bench:SqliteRegister" in report  # the real store
+    for size in ("1000", "10000"):
+        [figures] = _row_figures(report, size)
+        # build seconds may round to 0.00 for small sizes; lookups/s, p50, p99 must be positive
+        assert len(figures) == 6 and all(value > 0 for value in figures[1:4]), (size, figures)
