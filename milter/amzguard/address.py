@@ -23,6 +23,7 @@ DOMAIN_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])
 
 # Characters allowed unquoted in a dot-atom local part (RFC 5322 atext plus the dot).
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -140,12 +141,19 @@ def _normalise_domain_once(domain: str) -> str:
     return kept.strip(".")
 
 
+# For ASCII input the whole normalisation is one translate: NFKC and the IDNA dots change nothing, and
+# casefold is lower(); these are the characters the general path drops (junk, white space, controls).
+_ASCII_DROP = str.maketrans("", "", "".join(_NOT_IN_DOMAINS) + "".join(map(chr, range(33))) + "\x7f")
+
+
 def normalise_domain(domain: str) -> str:
     """Case-fold and tidy a domain so that every spelling of one DNS name compares equal.
 
     Unicode normalisation can add characters (NFKC turns U+00B4 into a space and a combining accent) and
     dropping characters can enable new compositions, so the steps are repeated until nothing changes.
     """
+    if domain.isascii():
+        return domain.translate(_ASCII_DROP).lower().strip(".")
     for _ in range(4):
         normalised = _normalise_domain_once(domain)
         if normalised == domain:
@@ -179,6 +187,8 @@ def parse_address(raw: object) -> Address:
 
 def format_address(local: str, domain: str) -> str:
     """Write local@domain, quoting the local part when it is not a plain dot-atom."""
+    if _DOT_ATOM.fullmatch(local):  # the usual case, decided without a per-character loop
+        return f"{local}@{domain}" if domain else local
     needs_quotes = (
         not local
         or local.startswith(".")

@@ -4,6 +4,7 @@ store that cannot be used. Driven over the milter protocol like the MTA would (P
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +191,29 @@ def test_unusable_store_in_monitor_mode_changes_nothing(tmp_path: Path) -> None:
         assert [reply.command for reply in eom] == [c.SMFIR_ACCEPT]
         proc.wait_log("4MONITOR01: opt-out store unavailable (lookup)")
         proc.wait_log("message judged without it (store.on_error=tempfail)")
+
+
+def test_store_locked_by_another_process_tempfails_review_requests_only(tmp_path: Path) -> None:
+    """Another process holds the store's write lock past the busy timeout (a long import, a backup tool):
+    a review request, which must be recorded, waits (451, the MTA retries); other mail is not held up."""
+    path = tmp_path / "store.sqlite"
+    OptOutStore(path).add([OptOut(OPTED_KEY)])
+    with start(tmp_path, "locked", store={"path": str(path)}) as proc:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with FakeMta(proc.socket) as mta:
+                _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-1111111-2222222")],
+                                     queue_id="4LOCKED01")  # fmt: skip
+            assert eom_reply(eom) == ("451", "4.7.1 amzguard opt-out store unavailable, try again later")
+            proc.wait_log("4LOCKED01: opt-out store unavailable (record)")  # WAL: readers pass, the write waits
+            with FakeMta(proc.socket) as mta:
+                _, eom = mta.message("<shop@shop.test>", [OWNER, BUYER])
+            assert eom[-1].command == c.SMFIR_ACCEPT  # untagged mail never waits for the store
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        with FakeMta(proc.socket) as mta:  # the retry after the lock is gone passes
+            _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-1111111-2222222")])
+        assert eom[-1].command == c.SMFIR_ACCEPT
+        assert proc.alive()
