@@ -86,6 +86,15 @@ REVIEW_SENDER_CHANNELS = {
 is refused already at RCPT on the SMTP path; review channel on; everything else default."""
 
 
+@pytest.fixture()
+def fresh_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A stack of its own for one test (counters, memory and the queue start from nothing), configured
+    like ``stack``."""
+    started = start_stack(request.node.name[:20], channels=REVIEW_SENDER_CHANNELS)
+    yield started
+    stop_stack(started)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     started = start_stack("e2e", channels=REVIEW_SENDER_CHANNELS)

@@ -14,9 +14,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pytest
 
-from tests.e2e.conftest import REVIEW_SENDER, REVIEW_SENDER_CHANNELS, SHOP_SENDER, Stack, start_stack, stop_stack
+from tests.e2e.conftest import REVIEW_SENDER, SHOP_SENDER, Stack
 from tests.e2e.harness import make_message, parse_bounce, unique_token
 from tests.support.milter_process import REVIEW_TOKEN
 
@@ -89,15 +88,8 @@ def send_all(stack: Stack, traffic: Traffic, done: threading.Event) -> None:
         done.set()
 
 
-@pytest.fixture()
-def fault_stack():
-    started = start_stack("faults", channels=REVIEW_SENDER_CHANNELS)
-    yield started
-    stop_stack(started)
-
-
-def test_sigkill_loop_loses_and_leaks_nothing(fault_stack: Stack) -> None:
-    stack = fault_stack
+def test_sigkill_loop_loses_and_leaks_nothing(fresh_stack: Stack) -> None:
+    stack = fresh_stack
     traffic = Traffic()
     done = threading.Event()
     sender = threading.Thread(target=send_all, args=(stack, traffic, done), daemon=True)
@@ -175,9 +167,9 @@ def test_sigkill_loop_loses_and_leaks_nothing(fault_stack: Stack) -> None:
     assert "milter configuration error" not in stack.postfix.maillog()
 
 
-def test_process_exit_code_after_sigkill_restart_cycle_is_clean(fault_stack: Stack) -> None:
+def test_process_exit_code_after_sigkill_restart_cycle_is_clean(fresh_stack: Stack) -> None:
     """After a SIGKILL the stale socket file is replaced on restart, and a later SIGTERM exits 0."""
-    stack = fault_stack
+    stack = fresh_stack
     stack.milter.stop(sig=signal.SIGKILL)
     stack.milter.start()
     result = stack.postfix.smtp(SHOP_SENDER, [PARTNER], make_message(SHOP_SENDER, PARTNER, unique_token("after")))

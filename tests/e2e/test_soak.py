@@ -13,9 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
-from tests.e2e.conftest import REVIEW_SENDER, REVIEW_SENDER_CHANNELS, SHOP_SENDER, Stack, start_stack, stop_stack
+from tests.e2e.conftest import REVIEW_SENDER, SHOP_SENDER, Stack
 from tests.support.milter_process import REVIEW_TOKEN
 
 MESSAGES = int(os.environ.get("SOAK_MESSAGES", "2000"))
@@ -94,15 +93,8 @@ def run_sessions(port: int, total: int, outcome: Counter) -> None:
         thread.join(600)
 
 
-@pytest.fixture()
-def soak_stack():
-    started = start_stack("soak", channels=REVIEW_SENDER_CHANNELS)
-    yield started
-    stop_stack(started)
-
-
-def test_soak_memory_and_descriptors_stay_flat(soak_stack: Stack) -> None:
-    stack = soak_stack
+def test_soak_memory_and_descriptors_stay_flat(fresh_stack: Stack) -> None:
+    stack = fresh_stack
     pid = stack.milter.pid
     assert pid is not None
     warmup = Counter()

@@ -84,7 +84,7 @@ def test_nodelay_is_set_on_the_listener_of_that_port_only() -> None:
     for a delayed ACK. Connections inherit TCP_NODELAY from the listener libmilter opened."""
     with socket.create_server(("127.0.0.1", 0)) as ours, socket.create_server(("127.0.0.1", 0)) as other:
         assert disable_nagle(ours.getsockname()[1])
-        with socket.create_connection(ours.getsockname()) as client:
+        with socket.create_connection(ours.getsockname()):  # held open while the server accepts
             accepted, _ = ours.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from miltertest import client, codec, constants as c
 
