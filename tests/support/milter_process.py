@@ -138,7 +138,8 @@ class MilterProcess:
         self.proc.send_signal(signal.SIGUSR1)
 
     def __enter__(self) -> MilterProcess:
-        return self.start()
+        # ``with start(...) as proc`` hands in a running process: starting it again would orphan it.
+        return self if self.alive() else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
