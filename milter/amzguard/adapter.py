@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import Milter
@@ -35,7 +35,6 @@ from .policy import (
     Policy,
     ReplyCheck,
     ReviewSent,
-    StoreQuestions,
     SubmissionPath,
 )
 
@@ -379,20 +378,11 @@ class AmzguardMilter(Milter.Base):
             store = self.snapshot.store
             with store.review_lock:  # from look-up to record: a second request for the order waits here
                 try:
-                    facts = self._answer(store, questions, facts)
+                    facts = store.answer(questions, facts)
                 except StoreError as exc:
                     if self._store_failed(exc, StoreOperation.LOOKUP):
                         return self._store_tempfail()
                 return self._judge(facts)
-
-    @staticmethod
-    def _answer(store: OptOutStore, questions: StoreQuestions, facts: MessageFacts) -> MessageFacts:
-        return replace(
-            facts,
-            opted_out=store.opted_out(questions.buyer_keys),
-            reviewed_orders=store.reviewed_orders([questions.order_id] if questions.order_id else []),
-            thread_senders=store.thread_senders(questions.message_ids),
-        )
 
     def _judge(self, facts: MessageFacts) -> int:
         policy = self.snapshot.policy

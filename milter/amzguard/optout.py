@@ -27,11 +27,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from .policy import BuyerMessage, ReviewSent, StoreRecord
+from .policy import BuyerMessage, MessageFacts, ReviewSent, StoreQuestions, StoreRecord
 
 log = logging.getLogger("amzguard")
 T = TypeVar("T")
@@ -240,6 +240,15 @@ class OptOutStore:
 
     def _cutoff(self) -> int:
         return int(self.clock() - self.retention)
+
+    def answer(self, questions: StoreQuestions, facts: MessageFacts) -> MessageFacts:
+        """The facts completed with what the policy asked of the store (see ``Policy.store_questions``)."""
+        return replace(
+            facts,
+            opted_out=self.opted_out(questions.buyer_keys),
+            reviewed_orders=self.reviewed_orders([questions.order_id] if questions.order_id else []),
+            thread_senders=self.thread_senders(questions.message_ids),
+        )
 
     def opted_out(self, buyers: Iterable[str]) -> frozenset[str]:
         """Those of ``buyers`` (register keys) that are in the register."""
