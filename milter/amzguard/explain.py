@@ -2,8 +2,10 @@
 
 An admin asking "why was this refused?" or "will the review mail get through?" should get the answer of
 the milter itself, not of a second implementation: this runs the same policy calls in the same order as
-the adapter (``Policy.decide_at_rcpt`` per recipient, then ``Policy.decide`` and ``Policy.plan`` at end of
-message), on facts given on the command line instead of read from the MTA.
+the adapter (``Policy.decide_at_rcpt`` per recipient; at end of message ``Policy.read_order_id``, the
+store's answers to ``Policy.store_questions``, then ``Policy.decide`` and ``Policy.plan``), on facts given on
+the command line instead of read from the MTA. The store is only read, and only if it exists: explaining a
+message must not create a database or record a review request.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 from .address import Address, Recipient, classify_recipient, parse_address
 from .config import Config
+from .optout import OptOutStore, StoreError
 from .policy import (
     AddRecipient,
     Decision,
@@ -48,11 +51,26 @@ class RecipientVerdict:
     """``rcpt`` (certain at RCPT TO, refused there on the SMTP path) or ``eom`` (end of message)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdicts: list[RecipientVerdict]
+    plan: MessagePlan | None
+    """None when nothing reaches end of message (every recipient refused at RCPT)."""
+    facts: MessageFacts
+    store_note: str | None = None
+    """Why the store's answers are missing, when the policy had questions for it."""
+
+
 def judge(
-    policy: Policy, sender: str, path: SubmissionPath, headers: Sequence[tuple[str, str]], addresses: Sequence[str]
-) -> tuple[list[RecipientVerdict], MessagePlan | None, MessageFacts]:
-    """The adapter's sequence of policy calls, on given facts. The plan is None when nothing reaches
-    end of message (every recipient refused at RCPT)."""
+    policy: Policy,
+    sender: str,
+    path: SubmissionPath,
+    headers: Sequence[tuple[str, str]],
+    addresses: Sequence[str],
+    store: OptOutStore | None = None,
+) -> Judgement:
+    """The adapter's sequence of policy calls, on given facts (no body: the order id comes from the
+    subject). ``store``: an existing store to read, or None."""
     settings = policy.settings
     sender_address = parse_address(sender)
     wanted = policy.wanted_headers()
@@ -72,11 +90,21 @@ def judge(
                 continue  # logged once at RCPT, stays in the envelope, not judged again (as the adapter)
         else:
             at_eom.append(recipient)
+    facts = policy.read_order_id(facts)
+    questions = policy.store_questions(facts, at_eom)
+    store_note = None
+    if questions and store is None:
+        store_note = "the store does not exist yet, so no opt-out or earlier review request was consulted"
+    elif questions and store is not None:
+        try:
+            facts = store.answer(questions, facts)
+        except StoreError as exc:
+            store_note = f"the store could not be read ({exc}); the milter would apply store.on_error"
     decisions = tuple(policy.decide(facts, recipient) for recipient in at_eom)
     verdicts.extend(RecipientVerdict(d.recipient, d, "eom") for d in decisions)
     passed_rcpt = at_eom or settings.mode is Mode.MONITOR
     plan = policy.plan(facts, decisions, header_counts) if passed_rcpt else None
-    return verdicts, plan, facts
+    return Judgement(verdicts, plan, facts, store_note)
 
 
 def _bracketed(address: Address) -> str:
@@ -102,6 +130,9 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
             return f"granted by the {decision.channel.value} channel; delivered to <{decision.recipient.unmarked}>"
         case Reason.CHANNEL:
             return f"granted by the {decision.channel.value} channel"
+        case Reason.OPTED_OUT | Reason.DUPLICATE_REVIEW | Reason.NO_ORDER_ID:
+            order = f" (order {facts.order_id})" if facts.order_id else ""
+            return f"a {decision.channel.value} request{order} refused: {decision.reason.value}"
         case Reason.MARKER_ONLY:
             return f"granted by the {decision.channel.value} channel, but nothing is left once the marker is removed"
         case _ if verdict.stage == "rcpt":
@@ -143,15 +174,21 @@ def explain(
     """The lines ``amzguard explain`` prints."""
     policy = Policy.from_settings(config.policy)
     mode = config.policy.mode
-    verdicts, plan, facts = judge(policy, sender, path, headers, addresses)
+    path_of_store = config.store.path
+    store = OptOutStore(path_of_store, config.store.retention_days) if path_of_store.exists() else None
+    judgement = judge(policy, sender, path, headers, addresses, store)
+    verdicts, plan, facts = judgement.verdicts, judgement.plan, judgement.facts
     would = "would " if mode is Mode.MONITOR else ""
     lines = [f"sender {_bracketed(facts.sender)}, path {path.value}, mode {mode.value}"]
     for verdict in verdicts:
         decision = verdict.decision
         where = "at RCPT TO" if verdict.stage == "rcpt" else "at end of message"
+        why = _why(policy, verdict, facts)
+        if judgement.store_note and verdict.stage == "eom" and verdict.recipient.is_buyer:
+            why += f"; {judgement.store_note}"
         lines += [
             f"<{verdict.recipient.address.text()}>: {would}{decision.outcome.value} {where}"
             f" (reason {decision.reason.value}, channel {decision.channel.value})",
-            f"  {_classification(verdict.recipient)}; {_why(policy, verdict, facts)}",
+            f"  {_classification(verdict.recipient)}; {why}",
         ]
     return lines + _plan_lines(plan, mode)

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from amzguard.cli import main
+from amzguard.optout import OptOut, OptOutStore
+from amzguard.policy import ReviewSent
 
 TOKEN = "t3st-review-token-7Qx9Lm2"
 TAG = f"X-Amzguard-Channel: review {TOKEN}"
@@ -89,3 +91,32 @@ def test_bad_header_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "broken.yml").write_text("mode: loud\n")
     assert main(["explain", "-c", str(tmp_path / "broken.yml"), "x@y.example"]) == 2
     assert "mode: expected 'enforce' or 'monitor'" in capsys.readouterr().err
+
+
+def test_order_id_and_store_answers_as_in_the_milter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """explain reads the order id from the subject and asks an existing store what the milter would ask."""
+    store_path = tmp_path / "store.sqlite"
+    only_support = {"allowed_senders": ["support@shop.test"]}
+    config = write(tmp_path, store={"path": str(store_path)}, channels={
+        "review": {"enabled": True, "token": TOKEN, "missing_order_id": "refuse", **only_support},
+        "reply": only_support, "critical": only_support})  # fmt: skip
+    review = ["-c", config, "--sender", "support@shop.test", "--header", TAG]
+
+    # No store yet: the order id in the subject is enough to pass; nothing is created by explaining.
+    _, out = run(capsys, *review, "--header", "Subject: How was order 303-1234567-7654321?", "blacklisted-40417@amazon.fr")
+    assert out[1].startswith("<blacklisted-40417@amazon.fr>: deliver-unmarked at end of message")
+    assert out[2].endswith("; the store does not exist yet, so no opt-out or earlier review request was consulted")
+    assert not store_path.exists()
+    _, out = run(capsys, *review, "--header", "Subject: How was it?", "blacklisted-40417@amazon.fr")
+    assert out[1].startswith("<blacklisted-40417@amazon.fr>: refuse at end of message (reason no-order-id")
+
+    store = OptOutStore(store_path)
+    store.add([OptOut("40417@amazon.fr")])
+    store.record([ReviewSent("303-1111111-2222222", "q7x2k9m4p1z8w3v5@marketplace.amazon.de")])
+    _, out = run(capsys, *review, "--header", "Subject: Order 303-1234567-7654321", "blacklisted-40417@amazon.fr")
+    assert out[1] == ("<blacklisted-40417@amazon.fr>: refuse at end of message (reason opted-out, channel review)")
+    assert out[2].endswith("a review request (order 303-1234567-7654321) refused: opted-out")
+    _, out = run(capsys, *review, "--header", "Subject: Order 303-1111111-2222222",
+                 "q7x2k9m4p1z8w3v5@marketplace.amazon.de")  # fmt: skip
+    assert out[1].startswith("<q7x2k9m4p1z8w3v5@marketplace.amazon.de>: refuse at end of message"
+                             " (reason duplicate-review")  # fmt: skip
