@@ -15,7 +15,9 @@ from .privacy import FULL_ADDRESSES, AddressPrivacy
 MAX_LOGGED_ADDRESS = 256
 
 
-def _bracketed(address: Address, privacy: AddressPrivacy) -> str:
+def bracketed(address: Address, privacy: AddressPrivacy = FULL_ADDRESSES) -> str:
+    """``<address>`` for a log line or a terminal: rendered as ``privacy`` says, cut, control characters
+    escaped; ``<>`` for the null sender."""
     text = privacy.render(address)
     if len(text) > MAX_LOGGED_ADDRESS:
         text = f"{text[:MAX_LOGGED_ADDRESS]}...({len(text)} chars)"
@@ -35,8 +37,8 @@ def decision_line(
 ) -> str:
     outcome = decision.outcome.value if mode is Mode.ENFORCE else f"would-{decision.outcome.value}"
     return (
-        f"{queue_id or 'NOQUEUE'}: from={_bracketed(sender, privacy)}"
-        f" rcpt={_bracketed(decision.recipient.address, privacy)}"
+        f"{queue_id or 'NOQUEUE'}: from={bracketed(sender, privacy)}"
+        f" rcpt={bracketed(decision.recipient.address, privacy)}"
         f" path={path.value} stage={stage} channel={decision.channel.value}"
         f" decision={outcome} reason={decision.reason.value}"
     )

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .address import Address, Recipient, classify_recipient, parse_address
+from .address import Recipient, classify_recipient, parse_address
 from .config import Config
+from .decision_log import bracketed
 from .optout import OptOutStore, StoreError
 from .policy import (
     AddRecipient,
@@ -107,10 +108,6 @@ def judge(
     return Judgement(verdicts, plan, facts, store_note)
 
 
-def _bracketed(address: Address) -> str:
-    return "<>" if address.is_empty else f"<{address.text()}>"
-
-
 def _classification(recipient: Recipient) -> str:
     kinds = []
     if recipient.relay:
@@ -136,7 +133,7 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
         case Reason.MARKER_ONLY:
             return f"granted by the {decision.channel.value} channel, but nothing is left once the marker is removed"
         case _ if verdict.stage == "rcpt":
-            return f"no channel is open to mail from {_bracketed(facts.sender)}, so this is certain before the headers"
+            return f"no channel is open to mail from {bracketed(facts.sender)}, so this is certain before the headers"
         case _:
             bad = [channel.value for channel in policy.bad_token_channels(facts)]
             notes = [f"open to this sender: {', '.join(open_channels) or 'none'}"]
@@ -179,7 +176,7 @@ def explain(
     judgement = judge(policy, sender, path, headers, addresses, store)
     verdicts, plan, facts = judgement.verdicts, judgement.plan, judgement.facts
     would = "would " if mode is Mode.MONITOR else ""
-    lines = [f"sender {_bracketed(facts.sender)}, path {path.value}, mode {mode.value}"]
+    lines = [f"sender {bracketed(facts.sender)}, path {path.value}, mode {mode.value}"]
     for verdict in verdicts:
         decision = verdict.decision
         where = "at RCPT TO" if verdict.stage == "rcpt" else "at end of message"
@@ -187,7 +184,7 @@ def explain(
         if judgement.store_note and verdict.stage == "eom" and verdict.recipient.is_buyer:
             why += f"; {judgement.store_note}"
         lines += [
-            f"<{verdict.recipient.address.text()}>: {would}{decision.outcome.value} {where}"
+            f"{bracketed(verdict.recipient.address)}: {would}{decision.outcome.value} {where}"
             f" (reason {decision.reason.value}, channel {decision.channel.value})",
             f"  {_classification(verdict.recipient)}; {why}",
         ]
