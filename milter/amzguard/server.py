@@ -24,7 +24,7 @@ import milter as libmilter  # pymilter's C extension
 from .adapter import MILTER_ACTIONS, AmzguardMilter, Runtime
 from .config import Config
 from .metrics import Metrics
-from .service import ServiceError, ServiceSignals, drain, notify, reload_config, start_metrics, summary
+from .service import ServiceSignals, drain, notify, reload_config, start_metrics, summary
 
 log = logging.getLogger("amzguard")
 
@@ -137,11 +137,8 @@ def serve(
 
 def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, config_path: Path | None) -> None:
     config = runtime.snapshot.config
-    try:
-        with signals.blocked():
-            endpoint = start_metrics(runtime.metrics, config.metrics)
-    except ServiceError as exc:
-        raise ServeError(str(exc)) from None
+    with signals.blocked():
+        endpoint = start_metrics(runtime.metrics, config.metrics)  # None when off or its address is taken
     # pymilter creates each connection's object through this module attribute; the runtime travels
     # inside the factory, so amzguard itself keeps no global state.
     Milter.factory = functools.partial(AmzguardMilter, runtime)

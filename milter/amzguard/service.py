@@ -32,10 +32,6 @@ DRAIN_TIMEOUT = 25.0
 """Seconds a stop waits for messages in progress; the unit's TimeoutStopSec leaves room above it."""
 
 
-class ServiceError(Exception):
-    """A service facility (the metrics endpoint) could not start."""
-
-
 def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send an sd_notify(3) message (``READY=1``, ``STATUS=...``) to systemd; False if not under systemd.
 
