@@ -124,34 +124,34 @@ class ReviewChannelSettings:
     enabled: bool
     header: str
     token: bytes
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
     """Empty: any envelope sender may use the channel. Entries: ``user@domain`` or ``@domain``."""
-    one_per_order: bool = True
+    one_per_order: bool
     """Refuse a review request for an order that already had one (needs the order id and the store)."""
-    missing_order_id: MissingOrderId = MissingOrderId.ALLOW
+    missing_order_id: MissingOrderId
+
+
+# The settings classes have no defaults: the defaults are the config key table's (config_keys.py), and
+# code that builds settings by hand (tests) says what it wants or starts from config.parse_config.
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyChannelSettings:
-    """Off unless configured (the config file turns it on by default)."""
-
-    enabled: bool = False
-    check: ReplyCheck = ReplyCheck.REFERENCE
-    reference_domains: tuple[str, ...] = ()
+    enabled: bool
+    check: ReplyCheck
+    reference_domains: tuple[str, ...]
     """Message-ID domains that count as Amazon's (subdomains too); empty: the buyer relay domains."""
-    subject_prefixes: tuple[str, ...] = ()
+    subject_prefixes: tuple[str, ...]
     """If set, the subject must also start with one of these (``Re:``, ``AW:``), any letter case."""
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class CriticalChannelSettings:
-    """Off unless configured (the config file turns it on by default)."""
-
-    enabled: bool = False
-    marker: str = "[Important]"
+    enabled: bool
+    marker: str
     """Must appear in the subject, anywhere, in any letter case, brackets included."""
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +159,12 @@ class PolicySettings:
     buyers: BuyerPatterns
     review: ReviewChannelSettings
     reply_text: str
-    mixed_recipients: MixedRecipients = MixedRecipients.BOUNCE
-    bounce_domain: str = "amzguard.invalid"
-    mode: Mode = Mode.ENFORCE
-    reply: ReplyChannelSettings = ReplyChannelSettings()
-    critical: CriticalChannelSettings = CriticalChannelSettings()
-    reason_texts: tuple[tuple[Reason, str], ...] = ()
+    mixed_recipients: MixedRecipients
+    bounce_domain: str
+    mode: Mode
+    reply: ReplyChannelSettings
+    critical: CriticalChannelSettings
+    reason_texts: tuple[tuple[Reason, str], ...]
     """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
 
     def text_for(self, reason: Reason) -> str:
