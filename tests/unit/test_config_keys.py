@@ -116,3 +116,24 @@ def test_man_renders_without_warnings(page: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
     assert "amzguard" in done.stdout
+
+
+def test_amzguard_8_names_every_command_and_option() -> None:
+    import argparse
+
+    from amzguard.cli import _parser
+
+    page = MAN8.read_text().replace("\\-", "-")
+    parser = _parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        assert f"\n.B {name}" in page or f"{name} " in page, f"amzguard(8) does not describe {name}"
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in page, f"amzguard(8) does not name {name} {option}"
+        for nested_action in (a for a in sub._actions if isinstance(a, argparse._SubParsersAction)):
+            for nested_name, nested_sub in nested_action.choices.items():
+                assert f"{name} {nested_name}" in page, f"amzguard(8) does not describe {name} {nested_name}"
+                for action in nested_sub._actions:
+                    for option in action.option_strings:
+                        assert option in page, f"amzguard(8) does not name {name} {nested_name} {option}"
