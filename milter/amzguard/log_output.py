@@ -16,8 +16,9 @@ Lines read like Postfix's: ``amzguard[812]: 4XhK2m1bQz: from=<…> rcpt=<…> de
   ``SYSLOG_FACILITY=2`` (mail: journald forwards the line to syslog's mail.log too) and ``SYSLOG_PID``.
   The protocol is a few lines of code, so no dependency (python3-systemd) is needed.
 
-If a socket cannot be reached (syslog restarted, no journald), the line goes to standard error instead
-and the next record tries the socket again: a log outage never stops or slows the mail.
+If a socket cannot be reached (syslog restarted, no journald) or its queue is full (a daemon that stopped
+reading), the line goes to standard error instead and the next record tries the socket again: a log outage
+never stops or slows the mail.
 
 Why not ``logging.StreamHandler`` or ``logging.handlers.SysLogHandler``: they take a lock per record and
 pass it through layers of their own. amzguard writes one decision line per recipient from libmilter's
@@ -158,6 +159,8 @@ class _DatagramHandler(_WholeRecords):
             try:
                 sock.send(data)
                 return
+            except BlockingIOError:
+                break  # the daemon's queue is full: this line goes to stderr rather than hold up mail
             except OSError:
                 self._drop(sock)
         try:
@@ -169,7 +172,9 @@ class _DatagramHandler(_WholeRecords):
         with self._connect_lock:
             if self._sock is not None:
                 return self._sock
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a daemon that stops reading (its queue holds net.unix.max_dgram_qlen, 512,
+            # datagrams) must not stall libmilter's threads; glibc's syslog(3) would block there.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             try:
                 sock.connect(self.path)
             except OSError:

@@ -198,3 +198,26 @@ def test_amzguard_run_logs_to_the_target(tmp_path: Path, dgram, target: str) -> 
         assert values["PRIORITY"] == "4" and values["SYSLOG_IDENTIFIER"] == "amzguard"
         assert values["MESSAGE"].startswith("warning: reload: milter.socket changed")
         assert dict(journal_fields(stopped[-1]))["MESSAGE"] == "stopped"
+
+
+def test_a_daemon_that_stops_reading_never_blocks_the_writer(dgram) -> None:
+    # The receiver's queue fills (net.unix.max_dgram_qlen); then lines go to stderr instead of waiting.
+    sock, path = dgram
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    try:
+        logger = logger_with(SyslogHandler(str(path), fallback_fd=write_fd))
+        fallback = b""
+        for n in range(5000):
+            logger.info("line %d %s", n, "x" * 200)
+            try:
+                fallback += os.read(read_fd, 65536)
+            except BlockingIOError:
+                pass
+            if fallback:
+                break
+        assert fallback.startswith(f"amzguard[{os.getpid()}]: line ".encode())
+        assert RFC3164.fullmatch(sock.recv(65536).decode())["text"].startswith("line 0 ")  # type: ignore[index]
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
