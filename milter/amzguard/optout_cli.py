@@ -130,9 +130,17 @@ def _rows(stream: TextIO, fmt: str) -> Iterator[tuple[str, str, str | None]]:
             yield f"line {number}", cells[0], cells[1] if len(cells) > 1 and cells[1] else None
 
 
+def _error(text: str) -> None:
+    """An error that ends the command: always on stderr (under pipe(8) a failing command's output becomes
+    the reason in Postfix's log line), and in the log too when that is not stderr (logging.target)."""
+    print(f"amzguard: error: {text}", file=sys.stderr)
+    if not any(getattr(h, "fd", None) == 2 for h in logging.getLogger().handlers):
+        log.error("%s", text)
+
+
 def _print_skipped(skipped: list[str]) -> None:
     for line in skipped:
-        print(f"amzguard: skipped {line}", file=sys.stderr)
+        print(f"amzguard: warning: skipped {line}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -143,8 +151,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             return _learn(args, store, patterns, config.learn.keep_unknown)
         return _COMMANDS[args.optout_command](args, store, patterns)
     except StoreError as exc:
-        print(f"amzguard: opt-out store unavailable: {exc}", file=sys.stderr)
-        log.error("opt-out store unavailable: %s", exc)
+        _error(f"opt-out store unavailable: {exc}")
         return EX_TEMPFAIL
 
 
@@ -180,10 +187,10 @@ def _import(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPattern
             with open(args.file, encoding="utf-8-sig", newline="") as stream:
                 rows = list(_rows(stream, args.format))
     except OSError as exc:
-        print(f"amzguard: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        _error(f"cannot read {args.file}: {exc.strerror}")
         return EX_SKIPPED
     except UnicodeDecodeError as exc:
-        print(f"amzguard: {args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        _error(f"{args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})")
         return EX_SKIPPED
     read = _read_addresses(rows, patterns, "import")
     _print_skipped(read.skipped)
@@ -258,7 +265,7 @@ def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns
         try:
             data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
         except OSError as exc:
-            print(f"amzguard: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            _error(f"cannot read {name}: {exc.strerror}")
             return EX_DATAERR
         messages.extend(split_messages(data))
     # Learned opt-outs reach Prometheus through the milter: amzguard_optout_entries{source="notice"}.
@@ -270,7 +277,7 @@ def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns
             kept = keep_message(keep, _raw(message), number) if unlearned and keep is not None else None
             _report(result, kept)
     except KeepError as exc:
-        log.error("%s; the MTA keeps the message and retries", exc)
+        _error(f"{exc}; the MTA keeps the message and retries")
         return EX_TEMPFAIL
     print(
         f"learned {tally[Outcome.LEARNED] + tally[Outcome.KNOWN]} (new {tally[Outcome.LEARNED]}, already registered "
