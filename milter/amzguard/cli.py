@@ -107,7 +107,11 @@ def _check_config(config: Config, path: object, user: str | None) -> int:
     if any(finding.fatal for finding in findings):
         print(f"configuration valid, but not usable by user {user}: {path}")
         return 1
-    print(f"configuration OK: {path} (user {user} can read it and its secrets, and write the store)")
+    if findings:
+        print(f"configuration OK: {path} (user {user} can read it and its secrets; the directories named "
+              "on stderr do not exist yet)")  # fmt: skip
+    else:
+        print(f"configuration OK: {path} (user {user} can read it and its secrets, and write the store)")
     return 0
 
 
