@@ -13,9 +13,10 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 # libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
 # Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
 # postfix); systemd provides systemd-analyze for the unit checks; man-db and groff-base render the man pages
-# (the tests check they render without warnings).
+# (the tests check they render without warnings); python3-prometheus-client is Debian's 0.16, on which a test
+# checks that the _created series stay off.
 RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd man-db groff-base
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd man-db groff-base python3-prometheus-client
 
 .PHONY: run test soak bench check-config docs system-run system-test venv clean
 
