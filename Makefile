@@ -12,11 +12,13 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 
 # libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
 # Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
-# postfix); systemd provides systemd-analyze for the unit checks.
+# postfix); systemd provides systemd-analyze for the unit checks; man-db and groff-base render the man pages
+# (the tests check they render without warnings); python3-prometheus-client is Debian's 0.16, on which a test
+# checks that the _created series stay off.
 RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd man-db groff-base python3-prometheus-client
 
-.PHONY: run test soak bench check-config system-run system-test venv clean
+.PHONY: run test soak bench check-config docs system-run system-test venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -36,6 +38,12 @@ bench: system-test $(STAMP)
 
 check-config: $(STAMP)
 	@for f in $$(find etc -name '*.yml' -not -path 'etc/prometheus/*'); do $(VENV)/bin/amzguard check-config -c $$f || exit 1; done
+
+# The pages generated from the config key table (milter/amzguard/config_keys.py); a test fails when the
+# committed ones are stale.
+docs: $(STAMP)
+	$(VENV_PY) -m amzguard.config_keys --man > man/amzguard.yml.5
+	$(VENV_PY) -m amzguard.config_keys --markdown > docs/configuration.md
 
 system-run:
 	@./.ci/ensure-packages $(RUN_PACKAGES)
