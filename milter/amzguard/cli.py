@@ -1,8 +1,9 @@
-"""Command line: ``amzguard run``, ``check-config``, ``explain`` and ``optout …`` (see optout_cli.py).
+"""Command line: ``amzguard run``, ``check-config``, ``explain``, ``optout …`` (optout_cli.py) and ``store …``
+(store_cli.py).
 
 ``-c FILE`` may stand before the command (``amzguard -c FILE optout list``) or after it; after it wins.
 Exit status: 0 done; 1 ``check-config --user`` found something that user cannot read or write, or ``run``
-could not serve; 2 a configuration or usage error; the ``optout`` commands have their own (optout_cli.py).
+could not serve; 2 a configuration or usage error; the ``optout`` and ``store`` commands have their own.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, optout_cli
+from . import __version__, optout_cli, store_cli
 from .config import Config, ConfigError, config_path_from_env, load_config
 from .log_output import configure_logging
 
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
     )
     optout_cli.add_parser(commands, with_config)
+    store_cli.add_parser(commands, with_config)
     return parser
 
 
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return optout_cli.run(args, config)
     if args.command == "explain":
         return _explain(config, args)
+    if args.command == "store":
+        return store_cli.run(args, config)
     configure_logging(config.log_level, replace=True, **_log_target(config))
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
