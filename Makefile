@@ -14,9 +14,12 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 # Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
 # postfix); systemd provides systemd-analyze for the unit checks; man-db and groff-base render the man pages
 # (the tests check they render without warnings); python3-prometheus-client is Debian's 0.16, on which a test
-# checks that the _created series stay off.
+# checks that the _created series stay off; postgresql gives the tests a throwaway cluster (initdb, pg_ctl) for
+# the PostgreSQL store, and libpq5 is what psycopg loads; python3-psycopg and python3-psycopg-pool (3.1, the
+# floors) run `optout learn` as the pipe user with the system Python in the fleet test.
 RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd man-db groff-base python3-prometheus-client
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd man-db groff-base python3-prometheus-client \
+                 postgresql libpq5 python3-psycopg python3-psycopg-pool
 
 .PHONY: run test soak bench check-config docs system-run system-test venv clean
 
