@@ -440,10 +440,14 @@ class AmzguardMilter(Milter.Base):
         again; the third round is never reached."""
         policy = self.snapshot.policy
         store = self.snapshot.store
+        kept: frozenset[str] = frozenset()
+        """Orders whose first review request is remembered already; with one_per_order off that is no
+        reason to refuse, and which buyer got the first one is what opt-out notices need."""
         for _ in range(3):
             decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
             plan = policy.plan(facts, decisions, self.header_counts)
             records = policy.store_records(facts, decisions) if plan.reject is None else ()
+            records = tuple(r for r in records if not (isinstance(r, ReviewSent) and r.order_id in kept))
             if not records:
                 return plan, decisions, facts
             try:
@@ -458,6 +462,9 @@ class AmzguardMilter(Milter.Base):
                 return plan, decisions, facts
             if not taken:
                 return plan, decisions, facts
+            if not policy.settings.review.one_per_order:
+                kept |= taken
+                continue
             log.info("%s: order %s got its review request through another message first (another host)",
                      self.queue_id(), ", ".join(sorted(taken)))  # fmt: skip
             facts = replace(facts, reviewed_orders=facts.reviewed_orders | taken)

@@ -284,7 +284,15 @@ class SqlStore:
         the retry finds its own claim and succeeds instead of refusing the message as its own duplicate.
         The purge of old records (``purge_if_due``) is the caller's next step, in a transaction of its own:
         a purge that fails must not make a committed record look failed."""
-        records = tuple(records)
+        claimed: set[str] = set()
+        unique: list[StoreRecord] = []
+        for record in records:  # a request to two buyers of one order: the first buyer is the one kept
+            if isinstance(record, ReviewSent):
+                if record.order_id in claimed:
+                    continue
+                claimed.add(record.order_id)
+            unique.append(record)
+        records = tuple(unique)
         if not records:
             return frozenset()
         now = int(self.clock())
