@@ -8,6 +8,7 @@ from pathlib import Path
 
 from miltertest import constants as c
 
+from amzguard.policy import ReviewSent
 from amzguard.store import SqliteStore
 from tests.support.fake_mta import FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
@@ -56,7 +57,9 @@ def test_a_claim_lost_after_the_lookup_refuses_the_message_as_a_duplicate(tmp_pa
 
 
 def test_with_one_per_order_off_a_taken_order_is_no_reason_to_refuse(tmp_path: Path) -> None:
+    """one_per_order off: the order is not looked up, and the record finds it taken (an earlier request)."""
     store_path = tmp_path / "store.sqlite"
+    SqliteStore(store_path).record([ReviewSent("305-7654321-1234567", OTHER_HOST_BUYER)])
     proc = start(tmp_path, "off", store={"path": str(store_path)},
                  channels={"review": {"enabled": True, "token": REVIEW_TOKEN, "one_per_order": False}})  # fmt: skip
     try:
