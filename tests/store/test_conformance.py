@@ -243,3 +243,22 @@ def test_postgres_password_file_and_passfile(pg_cluster: PostgresCluster, tmp_pa
     with pytest.raises(Exception, match="password authentication failed|no connection to the database"):
         wrong.check()
     wrong.shutdown()
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one-statement", "question-by-question"])
+def test_answer_asks_everything_at_once_and_agrees_with_the_single_questions(make: Factory, many: bool) -> None:
+    from amzguard.address import parse_address
+    from amzguard.policy import MessageFacts, StoreQuestions, SubmissionPath
+
+    store = make()
+    store.add([OptOut(BUYER), OptOut("x@marketplace.amazon.fr")])
+    store.record([ReviewSent(ORDER, BUYER), BuyerMessage("<m1@buyer.example>", BUYER)])
+    extra = tuple(f"k{i}@marketplace.amazon.de" for i in range(250)) if many else ()
+    questions = StoreQuestions(buyer_keys=(BUYER, "y@marketplace.amazon.fr", *extra), order_id=ORDER,
+                               message_ids=("<m1@buyer.example>", "<m2@buyer.example>"))  # fmt: skip
+    facts = store.answer(questions, MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP))
+    assert (facts.opted_out, facts.reviewed_orders, facts.thread_senders) == ({BUYER}, {ORDER}, {BUYER})
+    assert facts.opted_out == store.opted_out(questions.buyer_keys)
+    nothing = store.answer(StoreQuestions(order_id="028-0000000-0000000"),
+                           MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP))  # fmt: skip
+    assert (nothing.opted_out, nothing.reviewed_orders, nothing.thread_senders) == (frozenset(),) * 3

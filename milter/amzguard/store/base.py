@@ -187,7 +187,8 @@ class SqlStore:
     def _read(self, action: Callable[[Any], T]) -> T:
         raise NotImplementedError
 
-    def _write(self, action: Callable[[Any], T]) -> T:
+    def _write(self, action: Callable[[Any], T], statements: int = 0) -> T:
+        """``statements``: how many ``action`` runs, if known; one needs no transaction of its own."""
         raise NotImplementedError
 
     def _snapshot(self, conn: Any) -> AbstractContextManager[Any]:
@@ -237,13 +238,34 @@ class SqlStore:
         return int(self.clock() - self.retention)
 
     def answer(self, questions: StoreQuestions, facts: MessageFacts) -> MessageFacts:
-        """The facts completed with what the policy asked of the store (see ``Policy.store_questions``)."""
-        return replace(
-            facts,
-            opted_out=self.opted_out(questions.buyer_keys),
-            reviewed_orders=self.reviewed_orders([questions.order_id] if questions.order_id else []),
-            thread_senders=self.thread_senders(questions.message_ids),
-        )
+        """The facts completed with what the policy asked of the store (see ``Policy.store_questions``).
+
+        One statement for all questions (a UNION ALL), so one round trip: on PostgreSQL each costs
+        ~0.3 ms, and a review request asks two (opt-outs, the order). A message to more keys than one
+        statement takes is asked question by question."""
+        buyers = tuple(dict.fromkeys(questions.buyer_keys))
+        orders = (questions.order_id,) if questions.order_id else ()
+        ids = tuple(dict.fromkeys(questions.message_ids))
+        if len(buyers) + len(orders) + len(ids) > MAX_QUERY_KEYS:
+            return replace(facts, opted_out=self.opted_out(buyers), reviewed_orders=self.reviewed_orders(orders),
+                           thread_senders=self.thread_senders(ids))  # fmt: skip
+        parts, params = [], []
+        cutoff = self._cutoff()
+        for tag, keys, sql in (
+            ("o", buyers, "SELECT 'o', buyer FROM optout WHERE buyer IN ({marks})"),
+            ("r", orders, "SELECT 'r', order_id FROM review_sent WHERE order_id IN ({marks}) AND sent_at >= ?"),
+            ("t", ids, "SELECT 't', buyer FROM buyer_message WHERE message_id IN ({marks}) AND received_at >= ?"),
+        ):
+            if keys:
+                parts.append(sql.format(marks=",".join("?" * len(keys))))
+                params += [*keys, *([cutoff] if tag != "o" else [])]
+        found: dict[str, set[str]] = {"o": set(), "r": set(), "t": set()}
+        if parts:
+            statement = self._sql(" UNION ALL ".join(parts))
+            for tag, value in self._read(lambda conn: conn.execute(statement, params).fetchall()):
+                found[tag].add(value)
+        return replace(facts, opted_out=frozenset(found["o"]), reviewed_orders=frozenset(found["r"]),
+                       thread_senders=frozenset(found["t"]))  # fmt: skip
 
     def opted_out(self, buyers: Iterable[str]) -> frozenset[str]:
         """Those of ``buyers`` (register keys) that are in the register."""
@@ -312,7 +334,7 @@ class SqlStore:
             return frozenset()
 
         try:
-            return self._write(write)
+            return self._write(write, statements=len(records))
         except Taken as lost:
             return lost.args[0]  # type: ignore[no-any-return]
 

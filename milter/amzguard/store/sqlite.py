@@ -203,7 +203,7 @@ class SqliteStore(SqlStore):
             self._drop_connection()
             raise StoreError(f"{self.path}: {exc}") from None
 
-    def _write(self, action: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, action: Callable[[sqlite3.Connection], T], statements: int = 0) -> T:
         def in_transaction(conn: sqlite3.Connection) -> T:
             # BEGIN IMMEDIATE takes the write lock up front, so a writer waits for another at the start
             # (busy timeout) instead of failing half-way.
