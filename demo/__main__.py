@@ -65,8 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_on_signal)
+    # Ctrl-C must stop it even when started from a shell that left SIGINT ignored (a `&` job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     began = time.monotonic()
-    stack = start_stack()
+    try:
+        stack = start_stack()  # on any failure it has stopped what it started and removed its directory
+    except (KeyboardInterrupt, Stopped):
+        print("make demo: interrupted while starting; nothing left running", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError) as exc:  # PostfixStartError, a milter that did not start, a missing tool
+        print(f"make demo: could not start the demo's mail server: {exc}", file=sys.stderr)
+        return 2
     status = 0
     try:
         report.header(stack)
@@ -97,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             report.out("`make demo KEEP=1` keeps this running afterwards and prints swaks/sendmail lines to send your own.")
     except (KeyboardInterrupt, Stopped) as exc:
-        report.out(f"\nstopping ({exc or 'SIGINT'})")
+        report.out(f"\nstopping ({str(exc) or 'SIGINT'})")
         status = status or (0 if args.keep else 130)
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave processes behind.

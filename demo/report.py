@@ -12,7 +12,7 @@ from demo.observe import Seen
 from demo.stack import DemoStack
 from demo.story import SHOP, TAG_HEADER, Outcome, Step, Via
 
-WIDTH = 118
+WIDTH = 120
 LABEL = 10
 INDENT = " " * (LABEL + 1)
 SHOWN_METRICS = (
@@ -71,12 +71,12 @@ def block(number: int, total: int, step: Step, seen: Seen, problems: list[str]) 
     _field("amzguard", seen.amzguard_lines)
     _field("postfix", seen.postfix_lines)
     arrived: list[str] = []
+    bounces = iter(seen.bounces)  # arrivals name the bounces in the order they were read
     for line in seen.arrivals:
         arrived.append(line)
         if "a bounce" in line:
-            for bounce in seen.bounces:
-                for recipient in bounce.recipients:
-                    arrived.extend(f"  {k}: {v}" for k, v in recipient.items())
+            for recipient in next(bounces).recipients:
+                arrived.extend(f"  {k}: {v}" for k, v in recipient.items())
     _field("arrived", arrived or ["nothing: no copy in the sink or in any mailbox"])
     if any(line.startswith("Postfix pipe") for line in seen.arrivals):
         _field("register", seen.register or ["(empty)"])
@@ -110,7 +110,7 @@ def _result(outcome: Outcome) -> str:
     return "; ".join(parts) or "nothing"
 
 
-COLUMNS = (("#", 2), ("step", 34), ("via", 8), ("reply", 5), ("amzguard decided", 26), ("where it went", 0))
+COLUMNS = (("#", 2), ("step", 34), ("via", 8), ("reply", 5), ("amzguard decided", 25), ("where it went", 0))
 """The summary's columns and widths (0: the rest of the line); a cell that is too long wraps inside its column."""
 
 
@@ -127,18 +127,18 @@ def _row(cells: Sequence[str]) -> list[str]:
 def summary(rows: list[tuple[Step, Seen, list[str]]]) -> None:
     """One screen: per step its path, the reply the shop system got, amzguard's decisions and where mail went."""
     out("Summary")
-    for line in _row([name for name, _ in COLUMNS]):
+    for line in _row([f"{name:>{width}}" if name == "#" else name for name, width in COLUMNS]):
         out(line)
     out("─" * WIDTH)
     for number, (step, seen, problems) in enumerate(rows, 1):
         reply = "-" if seen.outcome.reply is None else str(seen.outcome.reply)
         where = _result(seen.outcome) + ("" if not problems else "  ** DIFFERS from the story, see above **")
-        for line in _row([str(number), step.title, step.via.value, reply, _decided(seen.outcome.decisions), where]):
+        for line in _row([f"{number:>2}", step.title, step.via.value, reply, _decided(seen.outcome.decisions), where]):
             out(line)
     bad = sum(1 for _, _, problems in rows if problems)
     out("─" * WIDTH)
-    out(f"{len(rows) - bad} of {len(rows)} steps as the story promises" + (f"; {bad} DIFFER (see above)" if bad else "")
-        + ". reply: what the SMTP client was told (sendmail(1) exits 0 once the message is queued).")
+    out(f"{len(rows) - bad} of {len(rows)} steps as the story promises" + (f"; {bad} DIFFER (see above)" if bad else "") + ".")
+    out("reply: what the shop system was told over SMTP; sendmail(1) exits 0 once the message is in Postfix's maildrop.")
     out()
 
 

@@ -109,7 +109,8 @@ def _prepare(workdir: Path, secret: str) -> None:
     os.chown(token, 0, nobody.pw_gid)
     token.chmod(0o640)
     store = workdir / "store"
-    store.mkdir(mode=0o770)
+    store.mkdir()
+    store.chmod(0o770)
     os.chown(store, nobody.pw_uid, nobody.pw_gid)
 
 

@@ -144,13 +144,13 @@ STORY: tuple[Step, ...] = (
         "Mail to anyone who is not an Amazon buyer passes untouched.",
     ),
     Step(
-        "order-marked", "The same to a blacklisted- buyer", Via.SMTP, SHOP, (MARKED_BUYER,),
+        "order-marked", "Same to a blacklisted- buyer", Via.SMTP, SHOP, (MARKED_BUYER,),
         f"Your order {ORDER_SHIPPED} has shipped", ORDER_BODY.format(order=ORDER_SHIPPED),
         Outcome(550, (decided("refuse", "buyer-mail"),)),
         "Amazon forbids order and shipping mail to buyers: refused, the shop system gets the 550 at once.",
     ),
     Step(
-        "order-relay", "The same to a relay buyer (PHP mail())", Via.SENDMAIL, SHOP, (RELAY_BUYER,),
+        "order-relay", "Same to a relay buyer (PHP mail())", Via.SENDMAIL, SHOP, (RELAY_BUYER,),
         f"Your order {ORDER_RELAY} has shipped", ORDER_BODY.format(order=ORDER_RELAY),
         Outcome(None, (decided("refuse", "buyer-mail"),), bounced=(f"shop:{RELAY_BUYER}",)),
         "sendmail(1) cannot be answered with a refusal: Postfix bounces the message to the shop instead.",
