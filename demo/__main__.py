@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep everything running afterwards (Ctrl-C stops)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write what was seen, step by step, to FILE")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the summary table as Markdown to FILE")
     args = parser.parse_args(argv)
     try:
         check_machine()
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = stack.milter.scrape()
         report.metrics(samples, url)
         status = 1 if any(problems for _, _, problems in rows) else 0
+        if args.markdown:
+            args.markdown.write_text(report.summary_markdown(rows))
         commands = report.keep_commands(stack)
         if args.json:
             _write_json(args.json, {

@@ -73,9 +73,7 @@ class Seen:
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["outcome"] = asdict(self.outcome)
-        return data
+        return asdict(self)
 
 
 def mismatches(expected: Outcome, seen: Seen) -> list[str]:

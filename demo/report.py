@@ -142,6 +142,17 @@ def summary(rows: list[tuple[Step, Seen, list[str]]]) -> None:
     out()
 
 
+def summary_markdown(rows: list[tuple[Step, Seen, list[str]]]) -> str:
+    """The summary as a Markdown table (for the README: ``--markdown FILE``)."""
+    lines = ["| # | step | via | reply | amzguard decided | where it went |", "|---|---|---|---|---|---|"]
+    for number, (step, seen, problems) in enumerate(rows, 1):
+        reply = "–" if seen.outcome.reply is None else str(seen.outcome.reply)
+        where = _result(seen.outcome) + (" **(differs from the story)**" if problems else "")
+        cells = [str(number), step.title, step.via.value, reply, _decided(seen.outcome.decisions), where]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def metrics(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], url: str) -> None:
     out(f"What amzguard counted (scraped from {url}; series that are 0 left out):")
     for (name, labels), value in sorted(samples.items(), key=lambda item: (SHOWN_METRICS.index(item[0][0])

@@ -39,6 +39,7 @@ class Run:
     proc: subprocess.Popen[str]
     report: dict
     stdout_path: Path
+    markdown_path: Path
 
     @property
     def workdir(self) -> Path:
@@ -77,7 +78,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     base = tmp_path_factory.mktemp("demo")
     report_path, stdout_path = base / "demo.json", base / "demo.out"
     with open(stdout_path, "w") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "demo", "--keep", "--json", str(report_path)], cwd=REPO,
+        args = ["--keep", "--json", str(report_path), "--markdown", str(base / "summary.md")]
+        proc = subprocess.Popen([sys.executable, "-m", "demo", *args], cwd=REPO,
                                 stdout=stdout, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -85,7 +87,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             assert proc.poll() is None, f"demo exited {proc.returncode}:\n{stdout_path.read_text()}"
             assert time.monotonic() < deadline, f"no report after {START_TIMEOUT} s:\n{stdout_path.read_text()}"
             time.sleep(0.1)
-        yield Run(proc, json.loads(report_path.read_text()), stdout_path)
+        yield Run(proc, json.loads(report_path.read_text()), stdout_path, base / "summary.md")
     finally:
         _stop(proc)
 
@@ -127,6 +129,9 @@ def test_the_demo_itself_reports_every_step_as_promised(run: Run) -> None:
     for number, step in enumerate(STORY, 1):
         assert f"── {number}/{len(STORY)}  {step.title} " in out
     assert f"{len(STORY)} of {len(STORY)} steps as the story promises" in out
+    table = run.markdown_path.read_text().splitlines()
+    assert len(table) == 2 + len(STORY) and "differs" not in "".join(table)
+    assert [row.split(" | ")[1] for row in table[2:]] == [step.title for step in STORY]
 
 
 @pytest.mark.parametrize("step", STORY, ids=[step.key for step in STORY])
