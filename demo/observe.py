@@ -30,6 +30,9 @@ POSTFIX_SHOWN = re.compile(r"milter-reject|status=|sender non-delivery notificat
 LOG_PREFIX = re.compile(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ ")
 DELAYS = re.compile(r"delay=[\d.]+, delays=[\d./]+, ")
 
+SENDMAIL_ARGS = ("-t", "-i")
+"""PHP's default ``sendmail_path`` (``sendmail -t -i``); the harness adds ``-C`` for the instance and ``-f``."""
+
 DECISION_WAIT = 15.0
 QUEUE_WAIT = 30.0
 
@@ -92,7 +95,11 @@ def build_message(step: Step, secret: str) -> bytes:
     if step.raw is not None:
         return step.raw.replace("\n", "\r\n").encode()
     headers = [(name, value.replace(SECRET_PLACEHOLDER, secret)) for name, value in step.headers]
-    return make_message(step.sender, list(step.header_to or step.to), step.subject, step.body, extra_headers=headers)
+    to = list(step.header_to or step.to)
+    hidden = [rcpt for rcpt in step.to if rcpt not in to]
+    if hidden and step.via is Via.SENDMAIL:  # `sendmail -t` finds them there; an SMTP client names them in RCPT only
+        headers.append(("Bcc", ", ".join(hidden)))
+    return make_message(step.sender, to, step.subject, step.body, extra_headers=headers)
 
 
 class Observer:
@@ -154,7 +161,7 @@ class Observer:
                 if result.accepted:
                     seen.replies.append(f"end of data: {reply} {' '.join(final[1].split())}")
         else:
-            done = postfix.sendmail(step.sender, list(step.to), message)
+            done = postfix.sendmail(step.sender, [], message, extra_args=SENDMAIL_ARGS)
             seen.replies = [f"sendmail exited {done.returncode}" + (f": {done.stderr.strip()}" if done.stderr else "")]
             if done.returncode != 0:
                 seen.problems.extend(seen.replies)

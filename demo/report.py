@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from demo.observe import Seen
+from demo.observe import SENDMAIL_ARGS, Seen
 from demo.stack import DemoStack
 from demo.story import SHOP, TAG_HEADER, Outcome, Step, Via
 
@@ -56,7 +56,10 @@ def header(stack: DemoStack) -> None:
 
 
 def _sent(step: Step) -> list[str]:
-    path = "SMTP to smtpd (smtpd_milters)" if step.via is Via.SMTP else "sendmail(1) as PHP mail() runs it (non_smtpd_milters)"
+    if step.via is Via.SMTP:
+        path = "SMTP to smtpd (smtpd_milters)"
+    else:
+        path = f"sendmail {' '.join(SENDMAIL_ARGS)} -f {step.sender}, as PHP mail() runs it (non_smtpd_milters)"
     lines = [f"{path}", f"from <{step.sender}> to <{'>, <'.join(step.to)}>", f"Subject: {step.subject}"]
     for name, value in step.headers:
         lines.append(f"{name}: {value.replace('{secret}', '<the demo secret>')}")
@@ -172,8 +175,7 @@ def keep_commands(stack: DemoStack) -> list[str]:
     review = [*swaks, "--to", "blacklisted-1002@amazon.fr", "--header", "Subject: How was your order 302-1000002-0000002?",
               "--header", f"{TAG_HEADER}: review {stack.secret}"]  # fmt: skip
     message = "From: shop@shop.test\\nTo: k3k3k3k3k3k3k3k3@marketplace.amazon.it\\nSubject: Your order 302-1000003-0000003 has shipped\\n\\nHello\\n"
-    sendmail = (f"printf {shlex.quote(message)} | /usr/sbin/sendmail -C {stack.postfix.config_dir} -i -f {SHOP} -- "
-                "k3k3k3k3k3k3k3k3@marketplace.amazon.it")  # fmt: skip
+    sendmail = f"printf {shlex.quote(message)} | /usr/sbin/sendmail -C {stack.postfix.config_dir} -t -i -f {SHOP}"
     return [shlex.join(order_mail), shlex.join(review), sendmail]
 
 

@@ -52,7 +52,8 @@ class Via(StrEnum):
     SMTP = "SMTP"
     """The shop system talks SMTP to the MTA (smtpd_milters)."""
     SENDMAIL = "sendmail"
-    """PHP ``mail()`` runs ``sendmail -t -i`` (here ``-i`` with the recipients named): non_smtpd_milters."""
+    """PHP ``mail()`` pipes the message into ``sendmail -t -i`` (its default ``sendmail_path``; shops add ``-f``):
+    recipients from the headers, non_smtpd_milters."""
 
 
 def decided(decision: str, reason: str, channel: str = "none") -> str:
@@ -98,7 +99,8 @@ class Step:
     via: Via
     sender: str
     to: tuple[str, ...]
-    """Envelope recipients; the ``To:`` header names ``header_to`` (default: the same)."""
+    """Envelope recipients; the ``To:`` header names ``header_to`` (default: the same). On the sendmail(1) path,
+    which reads the recipients from the headers, the others go in a ``Bcc:`` header (sendmail removes it)."""
     subject: str
     body: str
     expect: Outcome

@@ -72,3 +72,13 @@ def test_problems_beside_the_outcome_are_differences_too() -> None:
     step = STORY[0]
     seen = Seen(step.key, step.expect, problems=["the review tag or its secret left the MTA: /x"])
     assert mismatches(step.expect, seen) == ["the review tag or its secret left the MTA: /x"]
+
+
+def test_recipients_outside_the_to_header_are_named_where_each_path_looks() -> None:
+    """``sendmail -t`` reads the recipients from the headers; an SMTP client names them only in RCPT."""
+    [mixed] = [step for step in STORY if step.header_to and set(step.header_to) != set(step.to)]
+    hidden = [rcpt for rcpt in mixed.to if rcpt not in mixed.header_to]
+    over_smtp = email.message_from_bytes(build_message(dataclasses.replace(mixed, via=Via.SMTP), SECRET))
+    assert over_smtp["Bcc"] is None and over_smtp["To"] == ", ".join(mixed.header_to)
+    by_sendmail = email.message_from_bytes(build_message(dataclasses.replace(mixed, via=Via.SENDMAIL), SECRET))
+    assert by_sendmail["Bcc"] == ", ".join(hidden)
