@@ -21,8 +21,9 @@ from demo.stack import DemoStack
 from demo.story import SECRET_PLACEHOLDER, TAG_HEADER, Outcome, Step, Via
 from tests.e2e.harness import LOCAL_USERS, SinkMessage, make_message, parse_bounce
 
-DECISION_LINE = re.compile(r"INFO: (?P<qid>\S+): from=<.*?> rcpt=<(?P<rcpt>.*?)> (?P<fields>.*\bdecision=.*)$")
-"""amzguard's line per recipient decision (decision_log.py); the fields are read by name, wherever they are."""
+DECISION_LINE = re.compile(r"(?:^|: )(?P<qid>[0-9A-Za-z]+): from=<.*?> rcpt=<(?P<rcpt>.*?)> (?P<fields>.*\bdecision=.*)$")
+"""amzguard's line per recipient decision (decision_log.py), after its tag and level word (if any); the
+fields are read by name, wherever they are, so a field added to the line does not break the demo."""
 FIELD = {name: re.compile(rf"\b{name}=(\S+)") for name in ("channel", "decision", "reason")}
 QUEUED = re.compile(r"postfix/qmgr\[\d+\]: (?P<qid>[0-9A-Za-z]+): from=<")
 PIPE_DELIVERY = re.compile(r"postfix/pipe\[\d+\]: \w+: to=<[^>]*>, .*?relay=(?P<service>[^,]+), .*status=sent")

@@ -61,6 +61,8 @@ def demo_config(workdir: Path, socket: str) -> dict[str, object]:
     config["channels"]["review"].update(enabled=True, token_file=str(workdir / "review-token"))
     config["store"]["path"] = str(workdir / "store" / "amzguard.sqlite")
     config["metrics"]["listen"] = "127.0.0.1:0"  # any free port; the milter logs which
+    if "target" in config.get("logging", {}):  # the demo reads amzguard's lines from its standard error
+        config["logging"]["target"] = "stderr"
     return config
 
 

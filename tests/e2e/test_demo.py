@@ -110,6 +110,12 @@ def _decision_fields(line: str) -> tuple[str, ...]:
     return tuple(re.search(rf"\b{name}=(\S+)", line).group(1) for name in FIELDS)  # type: ignore[union-attr]
 
 
+def _queue_ids(run: Run, step: Step) -> set[str]:
+    """The queue ids in the step's decision lines (``NOQUEUE`` for a refusal at RCPT)."""
+    lines = [line for line in run.step(step.key)["seen"]["amzguard_lines"] if " decision=" in line]
+    return {re.search(r"(?:^|: )([0-9A-Za-z]+): from=<", line).group(1) for line in lines}  # type: ignore[union-attr]
+
+
 def _promised_fields(step: Step) -> list[tuple[str, ...]]:
     return sorted(_decision_fields(item) for item in step.expect.decisions)
 
@@ -146,7 +152,7 @@ def test_decisions_are_amzguards_own_log_lines(run: Run, step: Step) -> None:
 def test_reply_and_maillog(run: Run, step: Step) -> None:
     seen = run.step(step.key)["seen"]
     maillog = (run.workdir / "postfix" / "maillog").read_text(errors="replace")
-    queue_ids = {line.split(":")[1].split()[-1] for line in seen["amzguard_lines"] if " decision=" in line}
+    queue_ids = _queue_ids(run, step)
     assert len(queue_ids) == 1, seen["amzguard_lines"]
     [queue_id] = queue_ids
     assert seen["outcome"]["reply"] == step.expect.reply
@@ -174,7 +180,7 @@ def test_what_arrived_where(run: Run, step: Step) -> None:
         local = [m for m in _mailbox(run, user) if m.get_content_type() != "multipart/report"]
         arrived |= {f"mailbox:{user}" for m in local if _subject(m) == step.subject}
     maillog = (run.workdir / "postfix" / "maillog").read_text(errors="replace")
-    seen_ids = {line.split(":")[1].split()[-1] for line in run.step(step.key)["seen"]["amzguard_lines"] if " decision=" in line}
+    seen_ids = _queue_ids(run, step)
     for match in re.finditer(r"pipe\[\d+\]: (\w+): to=<[^>]*>, .*?relay=([^,]+), .*status=sent", maillog):
         if match.group(1) in seen_ids:
             arrived.add(f"pipe:{match.group(2)}")
