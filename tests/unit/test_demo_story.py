@@ -26,7 +26,9 @@ def test_steps_are_told_apart_by_key_and_subject() -> None:
 
 @pytest.mark.parametrize("step", STORY, ids=[step.key for step in STORY])
 def test_each_promise_is_in_amzguards_vocabulary(step: Step) -> None:
-    assert len(step.expect.decisions) == len(step.to)  # one decision line per recipient
+    # One decision line per recipient amzguard sees (none for one Postfix refuses before it, e.g. by the
+    # shipped transport map at RCPT).
+    assert len(step.expect.decisions) <= len(step.to)
     for item in step.expect.decisions:
         fields = dict(re.findall(r"(\w+)=(\S+)", item))
         assert Channel(fields["channel"]) and Decision(fields["decision"]) and Reason(fields["reason"])
