@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep everything running afterwards (Ctrl-C stops)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write what was seen, step by step, to FILE")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the summary table as Markdown to FILE")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the summary as Markdown to FILE")
     args = parser.parse_args(argv)
     try:
         check_machine()
@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             while True:
                 signal.pause()
         else:
-            report.out("`make demo KEEP=1` keeps this running afterwards and prints swaks/sendmail lines to send your own.")
+            report.out("`make demo KEEP=1` keeps it running afterwards, with swaks/sendmail lines to send your own.")
+    except report.OutputClosed:
+        status = status or 141  # as a shell reports SIGPIPE
     except (KeyboardInterrupt, Stopped) as exc:
         report.out(f"\nstopping ({str(exc) or 'SIGINT'})")
         status = status or (0 if args.keep else 130)

@@ -21,7 +21,9 @@ from demo.stack import DemoStack
 from demo.story import SECRET_PLACEHOLDER, TAG_HEADER, Outcome, Step, Via
 from tests.e2e.harness import LOCAL_USERS, SinkMessage, make_message, parse_bounce
 
-DECISION_LINE = re.compile(r"(?:^|: )(?P<qid>[0-9A-Za-z]+): from=<.*?> rcpt=<(?P<rcpt>.*?)> (?P<fields>.*\bdecision=.*)$")
+DECISION_LINE = re.compile(
+    r"(?:^|: )(?P<qid>[0-9A-Za-z]+): from=<.*?> rcpt=<(?P<rcpt>.*?)> (?P<fields>.*\bdecision=.*)$"
+)
 """amzguard's line per recipient decision (decision_log.py), after its tag and level word (if any); the
 fields are read by name, wherever they are, so a field added to the line does not break the demo."""
 FIELD = {name: re.compile(rf"\b{name}=(\S+)") for name in ("channel", "decision", "reason")}
@@ -152,7 +154,9 @@ class Observer:
         reply: int | None = None
         if step.via is Via.SMTP:
             result = postfix.smtp(step.sender, list(step.to), message)
-            seen.replies = [f"RCPT TO:<{rcpt}> {code} {' '.join(text.split())}" for rcpt, (code, text) in result.rejected.items()]
+            seen.replies = [
+                f"RCPT TO:<{rcpt}> {code} {' '.join(text.split())}" for rcpt, (code, text) in result.rejected.items()
+            ]
             final = result.data_reply if result.accepted else next(iter(result.rejected.values()), None)
             if final is None:
                 seen.problems.append(f"SMTP transaction broke off: {result.error or result}")
@@ -169,7 +173,8 @@ class Observer:
 
         amzguard = [_strip_milter_prefix(line) for line in self._milter_log_since(milter_offset)]
         seen.amzguard_lines = [line for line in amzguard if line]
-        decisions = [_decision(match["fields"]) for line in seen.amzguard_lines if (match := DECISION_LINE.search(line))]
+        matches = [DECISION_LINE.search(line) for line in seen.amzguard_lines]
+        decisions = [_decision(match["fields"]) for match in matches if match]
         maillog = postfix.log_since(log_offset)
         seen.postfix_lines = [_abridged(line) for line in maillog.splitlines() if POSTFIX_SHOWN.search(line)]
         delivered: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import textwrap
@@ -27,8 +28,17 @@ SHOWN_METRICS = (
 """The counters that tell the story; all other series (buckets, build info, reload times) are left out."""
 
 
+class OutputClosed(Exception):
+    """Standard output went away (``python -m demo | head``): stop and clean up like Ctrl-C."""
+
+
 def out(text: str = "") -> None:
-    print(text, flush=True)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # What is still printed during the clean-up goes nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputClosed() from None
 
 
 def _field(label: str, lines: Iterable[str]) -> None:
@@ -49,7 +59,8 @@ def header(stack: DemoStack) -> None:
     out(f"amzguard demo: a throwaway Postfix wired to amzguard, all in {stack.workdir}")
     out(f"  Postfix: smtpd on 127.0.0.1:{postfix.smtp_port}, smtpd_milters and non_smtpd_milters = amzguard's socket,")
     out("  transport_maps = the shipped etc/postfix/amzguard-transport.regexp plus a pipe to `amzguard optout learn`,")
-    out(f"  local mailboxes for shop.test, everything else relayed to smtp-sink on 127.0.0.1:{postfix.sink.port} (the internet).")
+    sink = f"smtp-sink on 127.0.0.1:{postfix.sink.port}"
+    out(f"  local mailboxes for shop.test, the rest relayed to {sink} (the internet).")
     out("  amzguard runs on the shipped etc/amzguard.yml, changed only in: milter.socket, store.path, metrics.listen,")
     out("  channels.review (enabled, with a secret made for this run). Addresses in its log are masked, as shipped.")
     out()
@@ -123,8 +134,8 @@ def _row(cells: Sequence[str]) -> list[str]:
     wrapped = [textwrap.wrap(cell, width, break_long_words=False, break_on_hyphens=False) or [""]
                for cell, width in zip(cells, widths)]  # fmt: skip
     height = max(len(lines) for lines in wrapped)
-    return [" ".join(f"{(lines[i] if i < len(lines) else ''):<{width}}" for lines, width in zip(wrapped, widths)).rstrip()
-            for i in range(height)]  # fmt: skip
+    padded = [lines + [""] * (height - len(lines)) for lines in wrapped]
+    return [" ".join(f"{lines[i]:<{width}}" for lines, width in zip(padded, widths)).rstrip() for i in range(height)]
 
 
 def summary(rows: list[tuple[Step, Seen, list[str]]]) -> None:
@@ -140,8 +151,9 @@ def summary(rows: list[tuple[Step, Seen, list[str]]]) -> None:
             out(line)
     bad = sum(1 for _, _, problems in rows if problems)
     out("─" * WIDTH)
-    out(f"{len(rows) - bad} of {len(rows)} steps as the story promises" + (f"; {bad} DIFFER (see above)" if bad else "") + ".")
-    out("reply: what the shop system was told over SMTP; sendmail(1) exits 0 once the message is in Postfix's maildrop.")
+    differ = f"; {bad} DIFFER (see above)" if bad else ""
+    out(f"{len(rows) - bad} of {len(rows)} steps as the story promises{differ}.")
+    out("reply: what the shop system was told over SMTP; sendmail(1) exits 0 once the message is in the maildrop.")
     out()
 
 
@@ -171,10 +183,13 @@ def keep_commands(stack: DemoStack) -> list[str]:
     """Command lines to send own messages to the running demo (printed, and in the JSON report)."""
     port = stack.postfix.smtp_port
     swaks = ["swaks", "--server", "127.0.0.1", "--port", str(port), "--from", SHOP]
-    order_mail = [*swaks, "--to", "blacklisted-1001@amazon.fr", "--header", "Subject: Your order 302-1000001-0000001 has shipped"]
-    review = [*swaks, "--to", "blacklisted-1002@amazon.fr", "--header", "Subject: How was your order 302-1000002-0000002?",
+    order_mail = [*swaks, "--to", "blacklisted-1001@amazon.fr",
+                  "--header", "Subject: Your order 302-1000001-0000001 has shipped"]  # fmt: skip
+    review = [*swaks, "--to", "blacklisted-1002@amazon.fr",
+              "--header", "Subject: How was your order 302-1000002-0000002?",
               "--header", f"{TAG_HEADER}: review {stack.secret}"]  # fmt: skip
-    message = "From: shop@shop.test\\nTo: k3k3k3k3k3k3k3k3@marketplace.amazon.it\\nSubject: Your order 302-1000003-0000003 has shipped\\n\\nHello\\n"
+    message = (f"From: {SHOP}\\nTo: k3k3k3k3k3k3k3k3@marketplace.amazon.it\\n"
+               "Subject: Your order 302-1000003-0000003 has shipped\\n\\nHello\\n")  # fmt: skip
     sendmail = f"printf {shlex.quote(message)} | /usr/sbin/sendmail -C {stack.postfix.config_dir} -t -i -f {SHOP}"
     return [shlex.join(order_mail), shlex.join(review), sendmail]
 

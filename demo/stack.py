@@ -88,7 +88,8 @@ class DemoStack:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def pids(self) -> dict[str, int | None]:
-        return {"postfix master": self.postfix.master_pid(), "smtp-sink": self.postfix.sink.pid, "amzguard": self.milter.pid}
+        postfix = self.postfix
+        return {"postfix master": postfix.master_pid(), "smtp-sink": postfix.sink.pid, "amzguard": self.milter.pid}
 
 
 def _pipe_service(workdir: Path) -> str:
