@@ -13,7 +13,7 @@ import pytest
 
 from amzguard.policy import Channel, Outcome as Decision, Reason
 from demo.observe import Seen, build_message, mismatches
-from demo.story import SECRET_PLACEHOLDER, STORY, TAG_HEADER, Outcome, Step, Via
+from demo.story import SECRET_PLACEHOLDER, STORY, TAG_HEADER, Step, Via
 
 SECRET = "s3cret-for-the-unit-test-0001"
 
