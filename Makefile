@@ -13,10 +13,16 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 # libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
 # Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
 # postfix); systemd provides systemd-analyze for the unit checks.
-RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd
+RUN_PACKAGES  := libmilter-dev gcc python3-dev
+# `make deb`: debhelper with pybuild's pyproject plugin (the same setuptools build as `pip install .`), and
+# lintian to check the result.
+DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian
+# tests/deb builds the package and installs it into a copy of this system booted with systemd-nspawn
+# (systemd-container), where it needs the Debian packages the .deb depends on.
+TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd systemd-container $(DEB_PACKAGES) \
+                 python3-milter python3-yaml python3-prometheus-client
 
-.PHONY: run test soak bench check-config system-run system-test venv clean
+.PHONY: run test soak bench check-config deb system-run system-test system-deb venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -36,6 +42,23 @@ bench: system-test $(STAMP)
 
 check-config: $(STAMP)
 	@for f in $$(find etc -name '*.yml' -not -path 'etc/prometheus/*'); do $(VENV)/bin/amzguard check-config -c $$f || exit 1; done
+
+# The Debian package, built from a copy of this checkout in build/src (nothing is written into the checkout):
+# build/amzguard_<version>_all.deb. The PATH is Debian's own: pybuild runs `python3.11` from PATH and must
+# get /usr/bin's (with Debian's setuptools), not a pyenv or venv interpreter that comes first in a shell.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null)
+deb: system-deb
+	rm -rf build/src && mkdir -p build/src
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./var --exclude=.pytest_cache \
+	    --exclude=.hypothesis --exclude=__pycache__ --exclude='*.egg-info' -f - . | tar -x -C build/src
+	cd build/src && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent LC_ALL=C.UTF-8 \
+	    dpkg-buildpackage -b -us -uc --no-sign >../dpkg-buildpackage.log 2>&1 \
+	    || { tail -40 ../dpkg-buildpackage.log; exit 1; }
+	rm -rf build/src
+	@echo "built build/amzguard_$(DEB_VERSION)_all.deb"
+
+system-deb:
+	@./.ci/ensure-packages $(DEB_PACKAGES)
 
 system-run:
 	@./.ci/ensure-packages $(RUN_PACKAGES)
