@@ -9,9 +9,11 @@ real systemd, with its real sandbox (ProtectSystem=strict, PrivateUsers, StateDi
 imitation of it.
 
 Directories given as ``binds`` are the host's own (bind mounts), so the host's Postfix reaches the milter's
-socket and the test can see what the service wrote. The container has a network namespace of its own
-(``--private-network``): the milter's metrics port cannot collide with anything on the host; a unix socket in
-a bound directory is reached across network namespaces.
+socket and the test can see what the service wrote. Anything else the container needs from the host must be
+bound too: files the host creates after the boot need not show through the overlay. By default the container
+has a network namespace of its own (``--private-network``), so the milter's metrics port cannot collide with
+anything on the host; a unix socket in a bound directory is reached across network namespaces.
+``private_network=False`` shares the host's network (for pip, which needs the package index).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from pathlib import Path
 
 from tests.e2e.harness import _children_of, _wait_until
 
-#: The environment of commands run in the container: Debian's PATH, not this shell's (pyenv, venv).
-CONTAINER_ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"]
+#: The environment of commands run in the container: Debian's PATH for root (/etc/login.defs), not this shell's
+#: (pyenv, venv).
+CONTAINER_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+                 "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"]
 
 
 class BootError(RuntimeError):
@@ -37,8 +41,15 @@ class BootError(RuntimeError):
 class BootedCopy:
     """``systemd-nspawn --boot`` on an overlay of ``/``; commands run inside with :meth:`run` (nsenter)."""
 
-    def __init__(self, workdir: Path, binds: Mapping[str, Path] | None = None, ro_binds: Mapping[str, Path] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        binds: Mapping[str, Path] | None = None,
+        ro_binds: Mapping[str, Path] | None = None,
+        private_network: bool = True,
+    ) -> None:
         self.workdir = workdir
+        self.private_network = private_network
         self.binds = dict(binds or {})
         self.ro_binds = dict(ro_binds or {})
         self.console = workdir / "console.log"
@@ -53,7 +64,7 @@ class BootedCopy:
         binds += [f"--bind-ro={host}:{inside}" for inside, host in self.ro_binds.items()]
         nspawn = [
             "systemd-nspawn", "--quiet", f"--directory={root}", "--register=no", "--keep-unit",
-            "--private-network", *binds,
+            *(["--private-network"] if self.private_network else []), *binds,
             # sysinit.target: journald, tmpfiles and sysusers, but none of the host's enabled services
             # (postfix, postgresql, ...) that booting the default target would start.
             "--boot", "--", "--unit=sysinit.target",
