@@ -16,6 +16,15 @@ OPTED_OUT = "e5e5e5e5e5e5e5e5@marketplace.amazon.co.uk"
 OWNER = "owner@shop.test"
 BUYER_TEXT = "Amazon forbids e-mail about orders or shipping to buyers"  # refusal.reply_text, as shipped
 
+__all__ = [  # what `from tests.deb.cases import *` brings into a test module
+    "test_the_service_runs_in_the_units_sandbox",
+    "test_buyer_refused_on_smtp",
+    "test_buyer_refused_on_sendmail",
+    "test_allowed_mail_delivered",
+    "test_tagged_review_request_delivered_and_recorded_in_the_store",
+    "test_opted_out_buyer_refused_after_optout_add_as_the_service_user",
+]
+
 
 def subject_of(message) -> str:
     return str(message.get("Subject", ""))

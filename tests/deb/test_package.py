@@ -19,14 +19,7 @@ import pytest
 
 from amzguard import __version__
 from tests.deb.booted import BootedCopy
-from tests.deb.cases import (  # noqa: F401 (collected here, run against this module's fixture)
-    test_allowed_mail_delivered,
-    test_buyer_refused_on_sendmail,
-    test_buyer_refused_on_smtp,
-    test_opted_out_buyer_refused_after_optout_add_as_the_service_user,
-    test_tagged_review_request_delivered_and_recorded_in_the_store,
-    test_the_service_runs_in_the_units_sandbox,
-)
+from tests.deb.cases import *  # noqa: F403 (the shared cases, run against this module's fixture)
 from tests.deb.installed import CONFIG, SECRET, Installed, installed_amzguard
 
 REPO = Path(__file__).resolve().parents[2]
