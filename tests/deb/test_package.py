@@ -76,8 +76,12 @@ def test_files_users_and_service_after_install(installed: Installed) -> None:
     assert copy.run(["id", "-nG", "amzguard"]).stdout.split() == ["amzguard"]  # a group of its own, no other
     conffiles = copy.run(["dpkg-query", "--showformat=${Conffiles}", "--show", "amzguard"]).stdout
     assert CONFIG in conffiles and "/etc/postfix/amzguard-transport.regexp" in conffiles
+    for page in sorted((REPO / "man").glob("*.[58]")) if (REPO / "man").is_dir() else []:
+        section = page.suffix.lstrip(".")
+        assert copy.path(f"/usr/share/man/man{section}/{page.name}.gz").exists(), page.name  # the unit's Documentation=
     examples = copy.run(["ls", "/usr/share/doc/amzguard/examples"]).stdout.split()
-    assert {"amzguard-transport.regexp", "amzguard.mc", "amzguard-rules.yml", "amzguard-dashboard.json"} <= set(examples)
+    assert {"amzguard-main.cf", "amzguard-master.cf", "amzguard-transport.regexp", "amzguard.mc", "amzguard-rules.yml",
+            "amzguard-dashboard.json"} <= set(examples)  # fmt: skip
     # Started by postinst (enabled, as opendkim), as the unprivileged user, by Debian's Python.
     assert copy.run(["systemctl", "is-enabled", "amzguard"]).stdout.strip() == "enabled"
     assert copy.run(["systemctl", "is-active", "amzguard"]).stdout.strip() == "active"
