@@ -1,6 +1,6 @@
 # amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite, `make bench`
-# measures it on a real Postfix (bench/). All set up what they need on a fresh Debian machine: apt packages
-# (as root, or via sudo) and a venv.
+# measures it on a real Postfix (bench/), `make deb` builds the Debian package (build/, docs/install.md). All
+# set up what they need on a fresh Debian machine: apt packages (as root, or via sudo) and a venv.
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -10,10 +10,11 @@ RUN_DIR     := $(CURDIR)/var/run
 RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 
 
-# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
+# libmilter-dev, gcc and python3-dev let pip compile pymilter, python3-venv makes the venv (Debian's python3
+# has no venv module without it); postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
 # Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
 # postfix); systemd provides systemd-analyze for the unit checks.
-RUN_PACKAGES  := libmilter-dev gcc python3-dev
+RUN_PACKAGES  := libmilter-dev gcc python3-dev python3-venv
 # `make deb`: debhelper with pybuild's pyproject plugin (the same setuptools build as `pip install .`), and
 # lintian to check the result.
 DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian

@@ -76,7 +76,7 @@ def test_files_users_and_service_after_install(installed: Installed) -> None:
     assert copy.run(["id", "-nG", "amzguard"]).stdout.split() == ["amzguard"]  # a group of its own, no other
     conffiles = copy.run(["dpkg-query", "--showformat=${Conffiles}", "--show", "amzguard"]).stdout
     assert CONFIG in conffiles and "/etc/postfix/amzguard-transport.regexp" in conffiles
-    for page in sorted((REPO / "man").glob("*.[58]")) if (REPO / "man").is_dir() else []:
+    for page in sorted((REPO / "man").glob("*.[58]")):
         section = page.suffix.lstrip(".")
         assert copy.path(f"/usr/share/man/man{section}/{page.name}.gz").exists(), page.name  # the unit's Documentation=
     examples = copy.run(["ls", "/usr/share/doc/amzguard/examples"]).stdout.split()
