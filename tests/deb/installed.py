@@ -65,7 +65,7 @@ def installed_amzguard(name: str, command: str, install: Callable[[BootedCopy], 
         copy.run(["rm", "-f", "/usr/sbin/policy-rc.d"])
         install(copy)
         if not _wait_until(lambda: copy.run(["systemctl", "is-active", "amzguard"], check=False).stdout.strip()
-                           == "active", 30):  # fmt: skip
+                           == "active", 60):  # fmt: skip
             raise AssertionError(copy.run(["systemctl", "status", "amzguard"], check=False).stdout)
         secret = copy.path(SECRET).read_text().strip()
         # The installed config, adjusted for the test: the review channel on with the install's secret (the
