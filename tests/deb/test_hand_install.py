@@ -19,6 +19,8 @@ from tests.deb.cases import *  # noqa: F403 (the shared cases, run against this 
 from tests.deb.installed import CONFIG, SECRET, Installed, installed_amzguard
 from tests.e2e.harness import make_workdir
 
+pytestmark = pytest.mark.deb
+
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_DOC = REPO / "docs" / "install.md"
 MARKER = "<!-- tests/deb/test_hand_install.py runs the next block"

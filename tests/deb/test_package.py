@@ -22,6 +22,8 @@ from tests.deb.booted import BootedCopy
 from tests.deb.cases import *  # noqa: F403 (the shared cases, run against this module's fixture)
 from tests.deb.installed import CONFIG, SECRET, Installed, installed_amzguard
 
+pytestmark = pytest.mark.deb
+
 REPO = Path(__file__).resolve().parents[2]
 DEB = REPO / "build" / f"amzguard_{__version__}_all.deb"
 # The lintian tags that may remain, each explained in debian/ (see debian/rules and the overrides file).
