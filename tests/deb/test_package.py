@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from amzguard import __version__
 from tests.deb.booted import BootedCopy
 from tests.deb.cases import *  # noqa: F403 (the shared cases, run against this module's fixture)
 from tests.deb.installed import CONFIG, SECRET, Installed, installed_amzguard
+from tests.e2e.harness import _wait_until
 
 pytestmark = pytest.mark.deb
 
@@ -61,6 +63,14 @@ def test_lintian_reports_only_the_explained_tags(deb: Path) -> None:
     assert tags == EXPECTED_LINTIAN, done.stdout + done.stderr
 
 
+def test_the_build_leaves_the_checkout_as_it_was(deb: Path) -> None:
+    """make deb builds in build/src (removed again), so no debhelper or pybuild output lands in the checkout."""
+    leftovers = [REPO / "debian" / name for name in ("amzguard", ".debhelper", "files", "debhelper-build-stamp",
+                                                      "amzguard.substvars")]  # fmt: skip
+    leftovers += [REPO / ".pybuild", REPO / "build" / "src"]
+    assert [str(path) for path in leftovers if path.exists()] == []
+
+
 def test_changelog_version_is_the_package_version() -> None:
     """make deb names the file after debian/changelog; this test finds it by amzguard.__version__."""
     first = (REPO / "debian" / "changelog").read_text().splitlines()[0]
@@ -91,6 +101,18 @@ def test_files_users_and_service_after_install(installed: Installed) -> None:
     assert copy.run(["ps", "-o", "user=,args=", "-p", main_pid]).stdout.split()[:3] == [
         "amzguard", "/usr/bin/python3", "/usr/bin/amzguard"]  # fmt: skip
     assert installed.as_amzguard("check-config", "-c", CONFIG).returncode == 0
+
+
+def test_reinstall_keeps_the_admins_config_and_the_secret(installed: Installed) -> None:
+    """An upgrade (here: the same package again) keeps the edited conffile and the secret and restarts."""
+    before = installed.main_pid()
+    done = installed.copy.run(["dpkg", "-i", f"/mnt/debs/{DEB.name}"], check=False, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert installed.copy.path(SECRET).read_text().strip() == installed.secret
+    assert yaml.safe_load(installed.copy.path(CONFIG).read_text())["channels"]["review"]["enabled"] is True
+    assert installed.copy.run(["stat", "-c", "%U:%G %a", CONFIG]).stdout.strip() == "root:amzguard 640"
+    assert _wait_until(lambda: installed.main_pid() not in ("0", before), 60), "not restarted"
+    assert installed.copy.run(["systemctl", "is-active", "amzguard"], check=False).stdout.strip() in ("active", "activating")
 
 
 # -- and away again ----------------------------------------------------------------------------------
