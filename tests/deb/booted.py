@@ -45,13 +45,11 @@ class BootedCopy:
         self,
         workdir: Path,
         binds: Mapping[str, Path] | None = None,
-        ro_binds: Mapping[str, Path] | None = None,
         private_network: bool = True,
     ) -> None:
         self.workdir = workdir
         self.private_network = private_network
         self.binds = dict(binds or {})
-        self.ro_binds = dict(ro_binds or {})
         self.console = workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.init_pid: int | None = None  # systemd, PID 1 inside, as the host numbers it
@@ -61,7 +59,6 @@ class BootedCopy:
         upper.mkdir()
         root.mkdir()
         binds = [f"--bind={host}:{inside}" for inside, host in self.binds.items()]
-        binds += [f"--bind-ro={host}:{inside}" for inside, host in self.ro_binds.items()]
         nspawn = [
             "systemd-nspawn", "--quiet", f"--directory={root}", "--register=no", "--keep-unit",
             *(["--private-network"] if self.private_network else []), *binds,

@@ -40,15 +40,18 @@ def test_the_service_runs_in_the_units_sandbox(installed: Installed) -> None:
     directories writable, /tmp private, /home and /root hidden."""
     copy = installed.copy
     main_pid = installed.main_pid()
-    mounts: dict[str, str] = {}
+    mounts: dict[str, str] = {}  # mount point -> per-mount options (the last mount there wins, as for the kernel)
+    sources: dict[str, str] = {}  # mount point -> the directory of its file system that is mounted there
     for line in copy.run(["cat", f"/proc/{main_pid}/mountinfo"]).stdout.splitlines():
         fields = line.split()
-        mounts[fields[4]] = fields[5]  # mount point -> per-mount options (last one wins, like the kernel)
-    assert mounts["/"].startswith("ro"), mounts
-    assert mounts["/var/lib/amzguard"].startswith("rw"), mounts
-    assert mounts["/var/spool/postfix/amzguard"].startswith("rw"), mounts
-    assert mounts["/run/amzguard"].startswith("rw"), mounts
-    assert "/tmp" in mounts and "/home" in mounts and "/root" in mounts, mounts
+        sources[fields[4]], mounts[fields[4]] = fields[3], fields[5]
+    assert mounts["/"].startswith("ro"), mounts  # ProtectSystem=strict
+    assert mounts["/var/lib/amzguard"].startswith("rw"), mounts  # StateDirectory
+    assert mounts["/var/spool/postfix/amzguard"].startswith("rw"), mounts  # ReadWritePaths
+    assert mounts["/run/amzguard"].startswith("rw"), mounts  # RuntimeDirectory
+    # PrivateTmp: systemd's per-service directory, not the container's /tmp.
+    assert mounts["/tmp"].startswith("rw") and "-amzguard.service-" in sources["/tmp"], sources
+    assert mounts["/home"].startswith("ro") and mounts["/root"].startswith("ro"), mounts  # ProtectHome
 
 
 # -- enforcement through the installed /usr/bin/amzguard ---------------------------------------------
