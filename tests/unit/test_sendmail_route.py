@@ -1,0 +1,147 @@
+"""The MTA test and Sendmail's mailer triple, over the macro values recorded on a real Sendmail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from amzguard.sendmail_route import Mta, RouteKind, delete_argument, mta_of, sendmail_route
+
+TABLE = Path(__file__).resolve().parents[1] / "fixtures" / "sendmail_recipients.tsv"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of tests/fixtures/sendmail_recipients.tsv (see its header)."""
+
+    rcpt: str
+    reply: int
+    mailer: str | None
+    host: str | None
+    addr: str | None
+    relayed: str | None
+    kind: str
+
+
+def _field(value: str) -> str | None:
+    return None if value == "-" else value
+
+
+def sendmail_rows() -> list[Row]:
+    rows = []
+    for line in TABLE.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        rcpt, reply, mailer, host, addr, relayed, kind = line.split("\t")
+        rows.append(Row(rcpt, int(reply), _field(mailer), _field(host), _field(addr), _field(relayed), kind))
+    return rows
+
+
+ROWS = sendmail_rows()
+SEEN = [row for row in ROWS if row.kind != "sendmail"]
+
+
+def test_table_covers_the_issue_spellings() -> None:
+    spellings = {row.rcpt for row in ROWS}
+    for wanted in ('"q7x@marketplace.amazon.de"', "q7x\\@marketplace.amazon.de",
+                   "x%marketplace.amazon.de%[127.0.0.1]@[127.0.0.1]", '"x@marketplace.amazon.de"@[127.0.0.1]',
+                   "x%marketplace.amazon.de@mx.shop.test", "marketplace.amazon.de!x@mx.shop.test",
+                   "@a.example:q7x@marketplace.amazon.de", "q7x@marketplace.amazon.de.", "Q7X@Marketplace.AMAZON.de",
+                   '"blacklisted-40417"@amazon.fr', "root@mx.shop.test"):  # fmt: skip
+        assert wanted in spellings
+    assert {row.kind for row in ROWS} == {"buyer", "unresolved", "other", "local", "sendmail"}
+
+
+@pytest.mark.parametrize(
+    ("version", "mta"),
+    [
+        ("Postfix 3.7.11", Mta.POSTFIX),
+        ("Postfix 3.12-20250101", Mta.POSTFIX),
+        ("8.17.1.9", Mta.SENDMAIL),  # what the shipped snippet makes Sendmail send
+        ("8.14.5/8.14.5", Mta.SENDMAIL),
+        (" 8.18.1 ", Mta.SENDMAIL),
+        (None, Mta.UNKNOWN),  # Sendmail without the snippet's connect macros, or an unknown MTA
+        ("", Mta.UNKNOWN),
+        ("Exim 4.96", Mta.UNKNOWN),
+        ("8", Mta.UNKNOWN),
+        ("8.17.1.9 Postfix", Mta.UNKNOWN),
+    ],
+)
+def test_mta_of(version: str | None, mta: Mta) -> None:
+    assert mta_of(version) is mta
+
+
+@pytest.mark.parametrize("row", SEEN, ids=[row.rcpt for row in SEEN])
+def test_recorded_triples(row: Row) -> None:
+    route = sendmail_route(row.mailer, row.host, row.addr)
+    if row.kind == "local":
+        assert route == sendmail_route("local", "", row.addr)
+        assert route.kind is RouteKind.LOCAL and route.address == row.addr and "@" not in route.address
+    else:
+        # what Sendmail relayed is exactly the {rcpt_addr} it announced
+        assert route.kind is RouteKind.RELAY and route.address == row.addr
+        if row.relayed is not None:
+            assert route.address == row.relayed
+
+
+@pytest.mark.parametrize(
+    ("mailer", "host", "addr", "why"),
+    [
+        (None, "[127.0.0.1]", "q7x@marketplace.amazon.de", "no {rcpt_mailer}"),
+        ("relay", "[127.0.0.1]", None, "no {rcpt_addr}"),
+        (None, None, None, "no {rcpt_mailer} {rcpt_addr}"),
+        ("relay", "[127.0.0.1]", "  ", "empty {rcpt_addr}"),
+        ("relay", "", "q7x@marketplace.amazon.de", "without {rcpt_host}"),
+        ("relay", None, "q7x@marketplace.amazon.de", "without {rcpt_host}"),
+        ("error", "5.1.1", "User unknown", "mailer error"),
+        ("uucp-dom", "marketplace.amazon.de", "q7x@marketplace.amazon.de", "mailer uucp-dom"),
+        ("prog", "", "|/usr/bin/forward", "mailer prog"),
+        ("*file*", "", "/tmp/x", "mailer *file*"),
+        ("Relay", "[127.0.0.1]", "q7x@marketplace.amazon.de", "mailer Relay"),  # mailer names are exact
+    ],
+)
+def test_what_amzguard_cannot_trust_fails_closed(mailer: str | None, host: str | None, addr: str | None,
+                                                 why: str) -> None:  # fmt: skip
+    route = sendmail_route(mailer, host, addr)
+    assert route.kind is RouteKind.UNRESOLVED and route.address == ""
+    assert why in route.why
+
+
+@pytest.mark.parametrize("mailer", ["relay", "smtp", "esmtp", "smtp8", "dsmtp"])
+def test_every_smtp_mailer_is_a_relay(mailer: str) -> None:
+    route = sendmail_route(mailer, "mx.partner.example", "partner@example.org")
+    assert route.kind is RouteKind.RELAY and route.address == "partner@example.org"
+
+
+@pytest.mark.parametrize("row", SEEN, ids=[row.rcpt for row in SEEN])
+def test_delete_argument_keeps_what_sendmail_gave(row: Row) -> None:
+    assert delete_argument(f"<{row.rcpt}>") == f"<{row.rcpt}>"
+
+
+def test_delete_argument_brackets_an_unbracketed_envrcpt() -> None:
+    # RCPT TO:q7x@... (no brackets) reaches the milter without them; the delete needs them (new-style list)
+    assert delete_argument("q7x@marketplace.amazon.de") == "<q7x@marketplace.amazon.de>"
+    assert delete_argument(' "q7x x"@marketplace.amazon.de ') == '<"q7x x"@marketplace.amazon.de>'
+
+
+@given(st.text(max_size=80))
+def test_delete_argument_is_always_one_bracketed_address(text: str) -> None:
+    argument = delete_argument(text)
+    assert argument.startswith("<") and argument.endswith(">")
+    assert delete_argument(argument) == argument
+
+
+@given(st.one_of(st.none(), st.text(max_size=20)), st.one_of(st.none(), st.text(max_size=20)),
+       st.one_of(st.none(), st.text(max_size=60)))  # fmt: skip
+def test_sendmail_route_never_raises_and_trusts_only_known_mailers(mailer, host, addr) -> None:
+    route = sendmail_route(mailer, host, addr)
+    if route.kind is RouteKind.RELAY:
+        assert mailer in {"relay", "smtp", "esmtp", "smtp8", "dsmtp"} and host and route.address == addr.strip()
+    elif route.kind is RouteKind.LOCAL:
+        assert mailer == "local" and route.address == addr.strip()
+    else:
+        assert route.address == "" and route.why
