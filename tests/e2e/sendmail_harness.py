@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -27,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.e2e.harness import _is_listening, free_port
+from tests.e2e.harness import SmtpResult, _is_listening, _reply, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "etc" / "sendmail" / "amzguard.mc"
@@ -134,9 +135,13 @@ class SendmailInstance:
     The milter line is the shipped ``etc/sendmail/amzguard.mc`` with only its socket path replaced.
     """
 
-    def __init__(self, sink_port: int) -> None:
+    def __init__(self, sink_port: int, mc_before: tuple[str, ...] = (), mc_after: tuple[str, ...] = ()) -> None:
         self.root = sendmail_root()
         self.sink_port = sink_port
+        self.mc_before = mc_before
+        """.mc lines before the snippet's include (e.g. a site's own macro lists, which the snippet extends)."""
+        self.mc_after = mc_after
+        """.mc lines after it (e.g. a site that overrides what the snippet asked for)."""
         self.workdir = Path(tempfile.mkdtemp(prefix="amzguard-sendmail-", dir="/run"))
         self.workdir.chmod(0o755)
         self.milter_socket = self.workdir / "amzguard.sock"
@@ -177,7 +182,9 @@ class SendmailInstance:
                 f"DAEMON_OPTIONS(`Port={self.port},Addr=127.0.0.1,Name=MTA')dnl",
                 "define(`SMART_HOST', `relay:[127.0.0.1]')dnl",
                 f"define(`RELAY_MAILER_ARGS', `TCP $h {self.sink_port}')dnl",
+                *self.mc_before,
                 f"include(`{work}/amzguard.mc')dnl",
+                *self.mc_after,
                 "MAILER(`smtp')dnl",
                 "",
             ]
@@ -237,3 +244,32 @@ class SendmailInstance:
 
     def queue(self) -> list[str]:
         return sorted(p.name for p in (self.workdir / "queue").glob("qf*"))
+
+
+def smtp_exact(port: int, sender: str, rcpts: list[str], message: bytes, timeout: float = 30) -> SmtpResult:
+    """One SMTP transaction whose RCPT commands carry exactly the given text after ``RCPT TO:``.
+
+    smtplib's ``rcpt()`` rewrites an address through ``email.utils.parseaddr`` (``<"q7x@x">`` would
+    become ``<q7x@x>``), which would test another spelling than the one named; ``docmd`` sends it as is.
+    ``rcpt_replies`` is keyed by that exact text.
+    """
+    result = SmtpResult()
+    client = smtplib.SMTP(timeout=timeout)
+    try:
+        result.connect_reply = _reply(*client.connect("127.0.0.1", port))
+        result.ehlo_reply = _reply(*client.ehlo("client.test"))
+        result.mail_reply = _reply(*client.docmd(f"MAIL FROM:<{sender}>"))
+        for rcpt in rcpts:
+            result.rcpt_replies[rcpt] = _reply(*client.docmd(f"RCPT TO:{rcpt}"))
+        if result.accepted:
+            try:
+                result.data_reply = _reply(*client.data(message))
+            except smtplib.SMTPDataError as exc:
+                result.data_reply = _reply(exc.smtp_code, exc.smtp_error)
+    except (OSError, smtplib.SMTPException) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            client.quit()
+        client.close()
+    return result
