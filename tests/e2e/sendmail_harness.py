@@ -26,9 +26,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.harness import SmtpResult, _is_listening, _reply, free_port
+import pytest
+
+from tests.e2e.harness import Sink, SinkMessage, SmtpResult, _is_listening, _reply, free_port, unique_token
+from tests.support.milter_process import MilterProcess
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "etc" / "sendmail" / "amzguard.mc"
@@ -273,3 +278,49 @@ def smtp_exact(port: int, sender: str, rcpts: list[str], message: bytes, timeout
             client.quit()
         client.close()
     return result
+
+
+@dataclass
+class SendmailStack:
+    """A private Sendmail, the milter it calls, and the sink it relays everything to."""
+
+    sendmail: SendmailInstance
+    milter: MilterProcess
+    sink: Sink
+
+    def relayed(self, subject: str) -> list[SinkMessage]:
+        return [m for m in self.sink.messages() if str(m.message.get("Subject")) == subject]
+
+    def wait_relayed(self, subject: str, count: int = 1) -> list[SinkMessage]:
+        return self.sink.wait_for(count, predicate=lambda m: str(m.message.get("Subject")) == subject)
+
+
+@contextlib.contextmanager
+def sendmail_stack(
+    make_milter: Callable[[SendmailInstance], MilterProcess],
+    mc_before: tuple[str, ...] = (),
+    mc_after: tuple[str, ...] = (),
+) -> Iterator[SendmailStack]:
+    """Start sink, milter (``make_milter`` gets the instance, to put its socket and files in its work
+    directory) and Sendmail; stop all three. Skips the test where Sendmail cannot be had."""
+    try:
+        sendmail_root()
+    except SendmailUnavailable as exc:
+        pytest.skip(f"no private Sendmail on this machine: {exc}")
+    sink = Sink(Path("/tmp") / unique_token("amzguard-sendmail-sink")).start()
+    sendmail: SendmailInstance | None = None
+    milter: MilterProcess | None = None
+    try:
+        sendmail = SendmailInstance(sink.port, mc_before=mc_before, mc_after=mc_after)
+        milter = make_milter(sendmail).start()
+        sendmail.start()
+        yield SendmailStack(sendmail=sendmail, milter=milter, sink=sink)
+    finally:
+        if milter is not None:
+            milter.stop()
+        if sendmail is not None:
+            if milter is not None and milter.log.exists():  # kept beside the sink's log for a failed run
+                shutil.copy(milter.log, sink.directory.parent / f"{sink.directory.name}-milter.log")
+            sendmail.stop()
+        sink.stop()
+        shutil.rmtree(sink.directory, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from amzguard.sendmail_route import Mta, delete_argument, mta_of
-from tests.e2e.harness import Sink, SinkMessage, make_message, unique_token
-from tests.e2e.sendmail_harness import SendmailInstance, SendmailUnavailable, sendmail_root, smtp_exact
+from tests.e2e.harness import SinkMessage, SmtpResult, make_message, unique_token
+from tests.e2e.sendmail_harness import SendmailInstance, SendmailStack, sendmail_stack, smtp_exact
 from tests.support.milter_process import MilterProcess
 from tests.unit.test_sendmail_route import ROWS, Row
 
@@ -46,44 +45,36 @@ class ProbeProcess(MilterProcess):
 
 @dataclass
 class ProbeStack:
-    sendmail: SendmailInstance
-    sink: Sink
-    record: Path
+    stack: SendmailStack
+
+    @property
+    def record(self) -> Path:
+        return self.stack.milter.config
 
     def records(self, step: str) -> list[dict]:
         lines = self.record.read_text().splitlines() if self.record.exists() else []
         return [entry for entry in map(json.loads, lines) if entry["step"] == step]
 
-    def send(self, rcpts: list[str], deletes: list[str] = ()) -> tuple[str, object]:
+    def send(self, rcpts: list[str], deletes: list[str] = ()) -> tuple[str, SmtpResult]:
         subject = unique_token("probe")
         message = make_message(SENDER, [PARTNER], subject, extra_headers=[("X-Probe-Delete", d) for d in deletes])
-        return subject, smtp_exact(self.sendmail.port, SENDER, rcpts, message)
+        return subject, smtp_exact(self.stack.sendmail.port, SENDER, rcpts, message)
 
     def relayed(self, subject: str) -> list[str]:
-        [message] = self.sink.wait_for(1, predicate=lambda m: str(m.message.get("Subject")) == subject)
+        [message] = self.stack.wait_relayed(subject)
         return envelope_rcpts(message)
+
+
+def probe_for(sendmail: SendmailInstance) -> ProbeProcess:
+    """The recording milter; its record file stands where a milter's config would."""
+    socket = f"unix:{sendmail.milter_socket}"
+    return ProbeProcess(sendmail.workdir / "record.jsonl", socket, sendmail.workdir / "probe.log")
 
 
 @pytest.fixture(scope="module")
 def probe() -> Iterator[ProbeStack]:
-    try:
-        sendmail_root()
-    except SendmailUnavailable as exc:
-        pytest.skip(f"no private Sendmail on this machine: {exc}")
-    sink = Sink(Path("/tmp") / unique_token("amzguard-probe-sink")).start()
-    sendmail = SendmailInstance(sink.port)
-    record = sendmail.workdir / "record.jsonl"
-    socket = f"unix:{sendmail.milter_socket}"
-    milter = ProbeProcess(record, socket, sendmail.workdir / "probe.log")
-    try:
-        milter.start()
-        sendmail.start()
-        yield ProbeStack(sendmail=sendmail, sink=sink, record=record)
-    finally:
-        milter.stop()
-        sendmail.stop()
-        sink.stop()
-        shutil.rmtree(sink.directory, ignore_errors=True)
+    with sendmail_stack(probe_for) as stack:
+        yield ProbeStack(stack)
 
 
 def test_connect_macros_tell_sendmail(probe: ProbeStack) -> None:
