@@ -24,6 +24,7 @@ from .config import Config
 from .decision_log import decision_line
 from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOperation
 from .optout import OptOutStore, StoreError
+from .sendmail_route import Mta, classify_sendmail_recipient, mta_of, uncertain_deletes
 from .policy import (
     AddRecipient,
     Decision,
@@ -193,6 +194,9 @@ class AmzguardMilter(Milter.Base):
         self.metrics = runtime.metrics
         self.data_without_reply = runtime.data_without_reply
         self.path = SubmissionPath.UNKNOWN
+        self.mta = Mta.UNKNOWN
+        """Told by the connect macro ``v`` (sendmail_route.mta_of)."""
+        self._warned_macros = False
         self.failed_stage: str | None = None
         self.message_open = False
         self._reset_message()
@@ -291,6 +295,7 @@ class AmzguardMilter(Milter.Base):
     @guarded(MilterStage.CONNECT, replies=False)
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         self.path = submission_path(hostname, hostaddr) if family != socket.AF_UNIX else SubmissionPath.UNKNOWN
+        self.mta = mta_of(self.getsymval("v"))
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -308,12 +313,7 @@ class AmzguardMilter(Milter.Base):
             return self._rcpt_error()
         with self.metrics.deciding(DecisionStage.RCPT):
             snapshot = self.snapshot
-            smtp = self.path is SubmissionPath.SMTP
-            # {rcpt_addr} is a RCPT macro: readable here only. On the SMTP path it is trivial-rewrite's
-            # resolved recipient, the address qmgr relays to; on the sendmail(1) path it merely repeats
-            # the envrcpt text (measured on Postfix 3.7.11), so only smtpd's is used.
-            resolved = self.getsymval("{rcpt_addr}") if smtp else None
-            recipient = classify_recipient(to, snapshot.policy.settings.buyers, resolved=resolved, smtp=smtp)
+            recipient = self._classify(to)
             decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
             if decision is None:
                 self.recipients.append(recipient)
@@ -329,6 +329,32 @@ class AmzguardMilter(Milter.Base):
             self.setreply(reject.code, reject.status, reject.text)
             self.rcpt_refused += 1
             return Milter.REJECT
+
+    def _classify(self, to: str) -> Recipient:
+        """The recipient as the MTA on this connection will route it (RCPT macros are readable only here)."""
+        buyers = self.snapshot.policy.settings.buyers
+        if self.mta is Mta.SENDMAIL:
+            # Sendmail's mailer triple from ruleset 0, for every recipient (sendmail_route.py).
+            mailer, host, addr = (self.getsymval(name) for name in ("{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"))
+            if mailer is None or addr is None:
+                self._warn_missing_macros()
+            return classify_sendmail_recipient(to, buyers, mailer=mailer, host=host, addr=addr)
+        smtp = self.path is SubmissionPath.SMTP
+        # On Postfix's SMTP path {rcpt_addr} is trivial-rewrite's resolved recipient, the address qmgr
+        # relays to; on the sendmail(1) path it merely repeats the envrcpt text (measured on Postfix
+        # 3.7.11), so only smtpd's is used.
+        resolved = self.getsymval("{rcpt_addr}") if smtp else None
+        recipient = classify_recipient(to, buyers, resolved=resolved, smtp=smtp)
+        # An MTA that did not say it is Postfix may be a Sendmail without the snippet's `v': its {rcpt_addr}
+        # means the same for relayed mail, but Postfix's delete texts need not match there.
+        return uncertain_deletes(recipient) if self.mta is Mta.UNKNOWN else recipient
+
+    def _warn_missing_macros(self) -> None:
+        if not self._warned_macros:
+            self._warned_macros = True
+            log.warning("%s: Sendmail sent no {rcpt_mailer}/{rcpt_addr}: every recipient that may be a buyer is "
+                        "refused (unresolved-route); ask for them in confMILTER_MACROS_ENVRCPT "
+                        "(etc/sendmail/amzguard.mc)", self.queue_id())  # fmt: skip
 
     def _rcpt_error(self) -> int:
         # A tempfail at RCPT is only legal for smtpd; otherwise answer at end of message.

@@ -15,8 +15,10 @@ will do, not its own re-parse of the RCPT text, and fails closed where Sendmail 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+
+from .address import Address, BuyerPatterns, Recipient, classify_recipient
 
 
 class Mta(StrEnum):
@@ -102,7 +104,7 @@ def sendmail_route(mailer: str | None, host: str | None, addr: str | None) -> Se
     return SendmailRoute(RouteKind.UNRESOLVED, "", f"mailer {name} is not one amzguard knows")
 
 
-def delete_argument(envrcpt: str) -> str:
+def sendmail_delete_argument(envrcpt: str) -> str:
     """The delete-recipient argument that removes a recipient behind Sendmail: its envrcpt text, in <>.
 
     Sendmail's ``smfi_delrcpt`` (milter.c -> recipient.c ``removefromlist``) parses the argument through
@@ -118,3 +120,35 @@ def delete_argument(envrcpt: str) -> str:
     if text.startswith("<") and text.endswith(">"):
         return text
     return f"<{text}>"
+
+
+def classify_sendmail_recipient(
+    raw: str, patterns: BuyerPatterns, *, mailer: str | None, host: str | None, addr: str | None
+) -> Recipient:
+    """Classify a recipient by where Sendmail routes it (the RCPT macros of this recipient).
+
+    RELAY: the relayed address is judged like Postfix's resolved recipient (classify_recipient with it as
+    ``resolved``), so a relayed address that still holds routing syntax (``x%marketplace.amazon.de@partner``,
+    which the next hop may unwrap) is unresolved. LOCAL: delivered on this host, not a buyer (aliases and
+    .forward expand after the milter, as on Postfix: docs/sendmail.md). UNRESOLVED: every form the RCPT text
+    may be routed to counts, and a buyer by any of them is refused whatever channel would grant it.
+    The delete is the envrcpt text in either case, and is certain (``sendmail_delete_argument``).
+    """
+    route = sendmail_route(mailer, host, addr)
+    deletes = (sendmail_delete_argument(raw),)
+    if route.kind is RouteKind.LOCAL:
+        user = Address(raw=raw, local=route.address, domain="")
+        return Recipient(address=user, relay=False, marked=False, unmarked=None, forms=(user,),
+                         delete_forms=deletes, delete_exact=True)  # fmt: skip
+    if route.kind is RouteKind.RELAY:
+        recipient = classify_recipient(raw, patterns, resolved=route.address, smtp=True)
+    else:
+        recipient = replace(classify_recipient(raw, patterns), unresolved=True)
+    return replace(recipient, delete_forms=deletes, delete_exact=True)
+
+
+def uncertain_deletes(recipient: Recipient) -> Recipient:
+    """For an MTA that did not say which it is (no ``v``): Postfix's delete texts plus Sendmail's, none of
+    them certain, so a message that needs a delete to refuse a buyer is refused whole instead."""
+    deletes = tuple(dict.fromkeys((*recipient.delete_forms, sendmail_delete_argument(recipient.raw))))
+    return replace(recipient, delete_forms=deletes, delete_exact=False)

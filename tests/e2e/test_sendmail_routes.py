@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from amzguard.sendmail_route import Mta, delete_argument, mta_of
+from amzguard.sendmail_route import Mta, sendmail_delete_argument, mta_of
 from tests.e2e.harness import SinkMessage, SmtpResult, make_message, unique_token
 from tests.e2e.sendmail_harness import SendmailInstance, SendmailStack, sendmail_stack, smtp_exact
 from tests.support.milter_process import MilterProcess
@@ -112,10 +112,10 @@ def test_delete_matches_the_envrcpt_text(probe: ProbeStack) -> None:
     and for an RCPT written without angle brackets (the milter then gets it without them too)."""
     sent = []
     for row in BUYERS:
-        subject, result = probe.send([f"<{row.rcpt}>", f"<{PARTNER}>"], deletes=[delete_argument(f"<{row.rcpt}>")])
+        subject, result = probe.send([f"<{row.rcpt}>", f"<{PARTNER}>"], deletes=[sendmail_delete_argument(f"<{row.rcpt}>")])
         sent.append((row.rcpt, subject, result))
     bare = "q7x2k9m4p1z8w3v5@marketplace.amazon.de"
-    subject, result = probe.send([bare, f"<{PARTNER}>"], deletes=[delete_argument(bare)])
+    subject, result = probe.send([bare, f"<{PARTNER}>"], deletes=[sendmail_delete_argument(bare)])
     sent.append((bare, subject, result))
     for rcpt, subject, result in sent:
         assert result.queued, (rcpt, result)

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amzguard.sendmail_route import Mta, RouteKind, delete_argument, mta_of, sendmail_route
+from amzguard.address import BuyerPatterns, classify_recipient
+from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
+from amzguard.sendmail_route import (
+    Mta,
+    RouteKind,
+    classify_sendmail_recipient,
+    mta_of,
+    sendmail_delete_argument,
+    sendmail_route,
+    uncertain_deletes,
+)
 
 TABLE = Path(__file__).resolve().parents[1] / "fixtures" / "sendmail_recipients.tsv"
 
@@ -118,21 +128,21 @@ def test_every_smtp_mailer_is_a_relay(mailer: str) -> None:
 
 
 @pytest.mark.parametrize("row", SEEN, ids=[row.rcpt for row in SEEN])
-def test_delete_argument_keeps_what_sendmail_gave(row: Row) -> None:
-    assert delete_argument(f"<{row.rcpt}>") == f"<{row.rcpt}>"
+def test_sendmail_delete_argument_keeps_what_sendmail_gave(row: Row) -> None:
+    assert sendmail_delete_argument(f"<{row.rcpt}>") == f"<{row.rcpt}>"
 
 
-def test_delete_argument_brackets_an_unbracketed_envrcpt() -> None:
+def test_sendmail_delete_argument_brackets_an_unbracketed_envrcpt() -> None:
     # RCPT TO:q7x@... (no brackets) reaches the milter without them; the delete needs them (new-style list)
-    assert delete_argument("q7x@marketplace.amazon.de") == "<q7x@marketplace.amazon.de>"
-    assert delete_argument(' "q7x x"@marketplace.amazon.de ') == '<"q7x x"@marketplace.amazon.de>'
+    assert sendmail_delete_argument("q7x@marketplace.amazon.de") == "<q7x@marketplace.amazon.de>"
+    assert sendmail_delete_argument(' "q7x x"@marketplace.amazon.de ') == '<"q7x x"@marketplace.amazon.de>'
 
 
 @given(st.text(max_size=80))
-def test_delete_argument_is_always_one_bracketed_address(text: str) -> None:
-    argument = delete_argument(text)
+def test_sendmail_delete_argument_is_always_one_bracketed_address(text: str) -> None:
+    argument = sendmail_delete_argument(text)
     assert argument.startswith("<") and argument.endswith(">")
-    assert delete_argument(argument) == argument
+    assert sendmail_delete_argument(argument) == argument
 
 
 @given(st.one_of(st.none(), st.text(max_size=20)), st.one_of(st.none(), st.text(max_size=20)),
@@ -145,3 +155,77 @@ def test_sendmail_route_never_raises_and_trusts_only_known_mailers(mailer, host,
         assert mailer == "local" and route.address == addr.strip()
     else:
         assert route.address == "" and route.why
+
+
+# -- the recipient amzguard judges behind Sendmail ----------------------------------------------------
+
+PATTERNS = BuyerPatterns(marked_prefixes=DEFAULT_MARKED_PREFIXES, relay_domains=DEFAULT_RELAY_DOMAINS)
+
+
+def classify(row: Row):
+    return classify_sendmail_recipient(f"<{row.rcpt}>", PATTERNS, mailer=row.mailer, host=row.host, addr=row.addr)
+
+
+@pytest.mark.parametrize("row", SEEN, ids=[row.rcpt for row in SEEN])
+def test_recorded_spellings_are_judged_by_their_route(row: Row) -> None:
+    recipient = classify(row)
+    assert recipient.is_buyer is (row.kind in ("buyer", "unresolved")), row
+    assert recipient.unresolved is (row.kind == "unresolved"), row
+    # the delete names the envrcpt text, which Sendmail resolves to the same recipient (e2e: test_sendmail_routes)
+    assert recipient.delete_forms == (f"<{row.rcpt}>",) and recipient.delete_exact
+    assert recipient.raw == f"<{row.rcpt}>"
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "unmarked"),
+    [
+        ('"blacklisted-40417"@amazon.fr', "40417@amazon.fr"),
+        ('"blacklisted-40417@amazon.fr"', "40417@amazon.fr"),
+        ("blacklisted-40417@amazon.fr", "40417@amazon.fr"),
+    ],
+)
+def test_marked_spellings_are_unmarked_to_the_relayed_mailbox(rcpt: str, unmarked: str) -> None:
+    [row] = [row for row in ROWS if row.rcpt == rcpt]
+    recipient = classify(row)
+    assert recipient.marked and recipient.unmarked == unmarked
+
+
+def test_a_local_user_is_not_a_buyer_whatever_the_text() -> None:
+    # Sendmail said local: the message stays on this host (aliases expand later, docs/sendmail.md)
+    recipient = classify_sendmail_recipient("<x%marketplace.amazon.de@mx.shop.test>", PATTERNS,
+                                            mailer="local", host="", addr="x%marketplace.amazon.de")  # fmt: skip
+    assert not recipient.is_buyer and recipient.address.local == "x%marketplace.amazon.de"
+
+
+@pytest.mark.parametrize("mailer", [None, "error", "uucp-dom"])
+def test_without_a_route_every_reading_counts_and_buyers_are_unresolved(mailer: str | None) -> None:
+    for raw in ("<blacklisted-40417@amazon.fr>", "<x%marketplace.amazon.de@mx.shop.test>",
+                '<"q7x@marketplace.amazon.de">', "<mx.shop.test!marketplace.amazon.de!x>"):  # fmt: skip
+        recipient = classify_sendmail_recipient(raw, PATTERNS, mailer=mailer, host=None, addr=None)
+        assert recipient.is_buyer and recipient.unresolved, raw
+    partner = classify_sendmail_recipient("<partner@example.org>", PATTERNS, mailer=None, host=None, addr=None)
+    assert not partner.is_buyer
+
+
+LOCALS = st.text(alphabet=st.sampled_from("abcxyz0129.-+_"), min_size=1, max_size=12).filter(
+    lambda s: not s.startswith(".") and not s.endswith(".") and ".." not in s)  # fmt: skip
+BUYER_ADDRS = st.one_of(
+    st.builds(lambda local, domain: f"{local}@{domain}", LOCALS, st.sampled_from(DEFAULT_RELAY_DOMAINS)),
+    st.builds(lambda local, domain: f"blacklisted-{local}@{domain}", LOCALS, st.sampled_from(["amazon.fr", "shop.test"])),
+)
+
+
+@given(st.text(max_size=60), BUYER_ADDRS, st.sampled_from(sorted(["relay", "smtp", "esmtp", "smtp8", "dsmtp"])))
+def test_no_rcpt_text_hides_a_buyer_that_sendmail_relays_to(raw: str, relayed: str, mailer: str) -> None:
+    """Whatever the client wrote, what Sendmail relays to decides: a buyer there is a buyer."""
+    assert classify_recipient(relayed, PATTERNS).is_buyer
+    recipient = classify_sendmail_recipient(raw, PATTERNS, mailer=mailer, host="[127.0.0.1]", addr=relayed)
+    assert recipient.is_buyer
+
+
+@given(st.text(max_size=60))
+def test_an_unknown_mta_gets_uncertain_deletes_that_include_sendmails(raw: str) -> None:
+    recipient = uncertain_deletes(classify_recipient(raw, PATTERNS, smtp=True))
+    assert not recipient.delete_exact
+    assert sendmail_delete_argument(raw) in recipient.delete_forms
+    assert len(set(recipient.delete_forms)) == len(recipient.delete_forms)
