@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Sink, SinkMessage, SmtpResult, _is_listening, _reply, free_port, unique_token
+from tests.e2e.harness import Sink, SinkMessage, SmtpResult, _is_listening, _nobody, _reply, free_port, unique_token
 from tests.support.milter_process import MilterProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,13 +194,27 @@ class SendmailInstance:
                 "",
             ]
         )
-        (work / "test.mc").write_text(mc)
+        return self._build_cf(mc, "test")
+
+    def _build_cf(self, mc: str, name: str) -> Path:
+        """Write NAME.mc and build NAME.cf from it with the unpacked sendmail-cf."""
+        (self.workdir / f"{name}.mc").write_text(mc)
         cf_dir = self.root / "usr" / "share" / "sendmail" / "cf"
-        built = _run(["m4", f"-D_CF_DIR_={cf_dir}/", str(cf_dir / "m4" / "cf.m4"), str(work / "test.mc")])
+        built = _run(["m4", f"-D_CF_DIR_={cf_dir}/", str(cf_dir / "m4" / "cf.m4"), str(self.workdir / f"{name}.mc")])
         if built.returncode != 0:
             raise RuntimeError(f"m4 failed: {built.stderr}")
-        (work / "test.cf").write_text(built.stdout)
-        return work / "test.cf"
+        cf = self.workdir / f"{name}.cf"
+        cf.write_text(built.stdout)
+        return cf
+
+    def _namespaced(self, *command: str) -> list[str]:
+        """``command`` run in the private namespace (host name, /etc/hosts, resolv.conf, /dev/log of ours)."""
+        script = (
+            "set -e; for n in null zero random urandom; do mount --bind /dev/$n \"$1/dev/$n\"; done; "
+            "mount --bind \"$1/dev\" /dev; mount --bind \"$1/hosts\" /etc/hosts; "
+            "mount --bind \"$1/resolv.conf\" /etc/resolv.conf; hostname \"$2\"; shift 2; exec \"$@\""
+        )
+        return ["unshare", "--mount", "--uts", "sh", "-c", script, "sh", str(self.workdir), HOSTNAME, *command]
 
     def start(self, timeout: float = 20) -> SendmailInstance:
         self.port = free_port()
@@ -212,13 +226,7 @@ class SendmailInstance:
             (dev / name).touch()
         self.syslog = SyslogReceiver(dev / "log")
         binary = self.root / "usr" / "libexec" / "sendmail" / "sendmail"
-        script = (
-            "set -e; for n in null zero random urandom; do mount --bind /dev/$n \"$1/dev/$n\"; done; "
-            "mount --bind \"$1/dev\" /dev; mount --bind \"$1/hosts\" /etc/hosts; "
-            "mount --bind \"$1/resolv.conf\" /etc/resolv.conf; hostname \"$2\"; "
-            "exec \"$3\" -C \"$4\" -bd -X \"$1/traffic.log\""
-        )
-        started = _run(["unshare", "--mount", "--uts", "sh", "-c", script, "sh", str(work), HOSTNAME, str(binary), str(cf)],
+        started = _run(self._namespaced(str(binary), "-C", str(cf), "-bd", "-X", str(work / "traffic.log")),
                        timeout=timeout)  # fmt: skip
         if started.returncode != 0:
             self.stop()
@@ -249,6 +257,50 @@ class SendmailInstance:
 
     def queue(self) -> list[str]:
         return sorted(p.name for p in (self.workdir / "queue").glob("qf*"))
+
+    def _submit_cf(self) -> Path:
+        """A submit.cf like Debian's MSP: everything relayed to this instance (FEATURE(msp)), run as nobody."""
+        work = self.workdir
+        cf = work / "submit.cf"
+        if cf.exists():
+            return cf
+        queue = work / "clientmqueue"
+        queue.mkdir(mode=0o770, exist_ok=True)
+        os.chown(queue, *_nobody())
+        mc = "\n".join(
+            [
+                "divert(0)dnl",
+                "VERSIONID(`amzguard end-to-end test MSP')dnl",
+                "define(`confCF_VERSION', `Submit')dnl",
+                "define(`__OSTYPE__',`')dnl",
+                f"define(`confDOMAIN_NAME', `{HOSTNAME}')dnl",
+                "define(`confTIME_ZONE', `USE_TZ')dnl",
+                "define(`confDONT_INIT_GROUPS', `True')dnl",
+                "define(`confRUN_AS_USER', `nobody:nogroup')dnl",
+                f"define(`MSP_QUEUE_DIR', `{queue}')dnl",
+                f"define(`confPID_FILE', `{work}/submit.pid')dnl",
+                f"define(`confSERVICE_SWITCH_FILE', `{work}/service.switch')dnl",
+                "define(`confTO_IDENT', `0s')dnl",
+                "FEATURE(`nocanonify')dnl",
+                "define(`SMART_HOST', `relay:[127.0.0.1]')dnl",
+                f"define(`RELAY_MAILER_ARGS', `TCP $h {self.port}')dnl",
+                "FEATURE(`msp', `[127.0.0.1]')dnl",
+                "",
+            ]
+        )
+        return self._build_cf(mc, "submit")
+
+    def submit(self, message: bytes, sender: str, timeout: float = 60) -> int:
+        """``sendmail -t`` as PHP's mail() runs it: Sendmail's MSP reads the recipients from the headers,
+        queues the message and delivers it at once (-odi) over SMTP to this instance; returns its exit
+        status (0 accepted; 69 EX_UNAVAILABLE when the MTA refused it). The MSP logs to this syslog too."""
+        binary = self.root / "usr" / "libexec" / "sendmail" / "sendmail"
+        args = self._namespaced(str(binary), "-C", str(self._submit_cf()), "-odi", "-f", sender, "-t")
+        return subprocess.run(args, input=message, capture_output=True, timeout=timeout).returncode
+
+    def client_queue(self) -> list[str]:
+        """What the MSP still holds (messages it could not hand over nor bounce)."""
+        return sorted(p.name for p in (self.workdir / "clientmqueue").glob("qf*"))
 
 
 def smtp_exact(port: int, sender: str, rcpts: list[str], message: bytes, timeout: float = 30) -> SmtpResult:

@@ -248,3 +248,25 @@ def test_mixed_refusal_by_delete_only_where_the_delete_is_certain(bounce_stack: 
     accepted(sent)
     [relayed] = stack.wait_relayed(subject)
     assert sorted(envelope_rcpts(relayed)) == [PARTNER, "x=marketplace.amazon.de@buyer-mail.amzguard.invalid"]
+
+
+def test_msp_bounce_of_a_refused_review_request_is_refused(stack: SendmailStack) -> None:
+    """``sendmail -t`` (PHP's mail()) goes through Sendmail's MSP, which mails its own DSN, original
+    attached, when the MTA refuses a message. A second review request for one order submitted that way:
+    the MSP exits 69, and its DSN, which carries the tag with the secret, is refused by amzguard instead of
+    leaving for the outside sender."""
+    order = order_id()
+    first = make_message(REVIEW_SENDER, ["blacklisted-50001@amazon.fr"], unique_token("msp-1") + f" {order}",
+                         extra_headers=[TAG])  # fmt: skip
+    assert stack.sendmail.submit(first, REVIEW_SENDER) == 0
+    subject = unique_token("msp-2") + f" {order}"
+    second = make_message(REVIEW_SENDER, ["blacklisted-50001@amazon.fr"], subject, extra_headers=[TAG])
+    assert stack.sendmail.submit(second, REVIEW_SENDER) == 69
+    stack.milter.wait_log("reason=duplicate-review")
+    stack.milter.wait_log("from=<> bounce carries the review channel's secret")
+    stack.sendmail.syslog.wait(r"Milter: data, reject=550 5\.7\.1 bounce carries amzguard's review secret")
+    assert not [m for m in stack.sink.messages() if REVIEW_TOKEN.encode() in m.raw]
+    assert not [m for m in stack.sink.messages() if is_bounce_of(m, subject)]
+    # The MSP then tries postmaster (a double bounce, refused alike: it too carries the secret) and keeps
+    # what it could not deliver: the secret stays on this machine.
+    stack.sendmail.syslog.wait(r"savemail: cannot save rejected email anywhere")

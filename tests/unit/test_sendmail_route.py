@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from amzguard.address import BuyerPatterns, classify_recipient
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
+from amzguard.secret_scan import SecretScan
 from amzguard.sendmail_route import (
     Mta,
     RouteKind,
@@ -229,3 +230,22 @@ def test_an_unknown_mta_gets_uncertain_deletes_that_include_sendmails(raw: str) 
     assert not recipient.delete_exact
     assert sendmail_delete_argument(raw) in recipient.delete_forms
     assert len(set(recipient.delete_forms)) == len(recipient.delete_forms)
+
+
+# -- the review secret in a bounce's body -------------------------------------------------------------
+
+@given(st.binary(max_size=200), st.binary(max_size=200), st.lists(st.integers(0, 500), max_size=6))
+def test_secret_scan_finds_the_needle_wherever_the_chunks_are_cut(before: bytes, after: bytes, cuts: list[int]) -> None:
+    needle = b"t3st-review-token-7Qx9Lm2"
+    for present in (True, False):
+        data = before + (needle if present else b"") + after
+        scan = SecretScan(needle)
+        edges = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+        for start, end in zip(edges, edges[1:]):
+            scan.feed(data[start:end])
+        assert scan.found is (needle in data)
+
+
+def test_secret_scan_needs_a_secret() -> None:
+    with pytest.raises(ValueError):
+        SecretScan(b"")
