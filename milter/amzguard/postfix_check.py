@@ -1,0 +1,775 @@
+"""``amzguard check-postfix``: the checks, pure, over Postfix settings already read.
+
+amzguard can only keep mail from buyers that Postfix hands it, and only as long as Postfix routes what
+amzguard decided: a milter list that misses the socket, ``milter_default_action = accept``, a stand-in
+domain the transport map does not bounce, or a virtual alias that turns a shop address into a buyer after
+the milter has judged the message each undo it without a single error in amzguard's own log. Each check
+here reads ``PostfixSettings`` (main.cf and master.cf as ``postconf`` prints them) and asks the machine
+only through ``Host`` (a table lookup, a file, a permission), so the tests drive every check with made-up
+settings and a fake host, and postfix_probe.py supplies the real ones.
+
+No I/O and no pymilter here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Protocol
+
+from .address import BuyerPatterns, classify_recipient
+from .policy import MixedRecipients, Reason, refusal_address
+
+SEPARATORS = ", \t\r\n"
+"""Postfix's list separators (CHARS_COMMA_SP); ``{…}`` groups one element (mystrtokq with CHARS_BRACE)."""
+
+# Table types that are given only the full lookup key (dict flag PATTERN): trivial-rewrite skips them for
+# the domain, parent-domain and "*" lookups of transport_maps.
+PATTERN_TABLES = frozenset({"regexp", "pcre"})
+# Tables whose entries `postmap -s` lists (their source file is the fallback where the .db is unreadable).
+LISTABLE_TABLES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash", "inline"})
+INDEXED_TABLES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm"})
+# Post-milter address mappings (postfix-facts.md): cleanup and local(8) apply them after amzguard judged the
+# envelope, so a result that is a buyer address reaches the buyer unjudged.
+MAPPING_PARAMETERS: tuple[tuple[str, str], ...] = (
+    ("virtual_alias_maps", "rewrites a recipient to"),
+    ("canonical_maps", "rewrites an address to"),
+    ("recipient_canonical_maps", "rewrites a recipient to"),
+    ("recipient_bcc_maps", "adds a blind copy to"),
+    ("sender_bcc_maps", "adds a blind copy to"),
+    ("alias_maps", "delivers a local alias to"),
+)
+DEFAULT_ACTIONS = frozenset({"accept", "reject", "tempfail", "quarantine"})
+REVIEW_PROBE_VALUE = "review x"
+"""The value a tag header is probed with: what follows the header name does not matter to the shipped
+``/^X-Amzguard-Channel:/ IGNORE`` rule, and no real secret ever goes on a command line."""
+STAND_IN_BUYER = "q7x@marketplace.amazon.de"
+"""Made-up buyer whose stand-in addresses are looked up (the transport map matches the domain only)."""
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of output, like ``postfix check``: what is wrong, where, and what to do."""
+
+    severity: Severity
+    parameter: str
+    """The setting at fault: a main.cf parameter, ``name (master.cf SERVICE/TYPE -o)``, a file."""
+    text: str
+
+    def line(self) -> str:
+        return f"amzguard: {self.severity}: {self.parameter}: {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One master.cf service (``postconf -F`` fields, ``postconf -P`` overrides)."""
+
+    name: str
+    type: str
+    chroot: str
+    """``y``, ``n`` or ``-`` (the default, which depends on compatibility_level)."""
+    command: str
+    """The whole command field: program name, ``-o`` options and (for pipe) its attributes."""
+    overrides: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.type}"
+
+    @property
+    def program(self) -> str:
+        return self.command.split(None, 1)[0] if self.command.strip() else ""
+
+
+@dataclass(frozen=True, slots=True)
+class PostfixSettings:
+    """main.cf (``postconf -x``: every parameter, defaults included, ``$name`` expanded) and master.cf."""
+
+    params: Mapping[str, str]
+    services: tuple[Service, ...]
+
+    def get(self, name: str, service: Service | None = None) -> str:
+        if service is not None and name in service.overrides:
+            return service.overrides[name]
+        return self.params.get(name, "")
+
+    def source(self, name: str, service: Service | None = None) -> str:
+        """How a finding names the parameter: main.cf's, or a service's ``-o`` override."""
+        if service is not None and name in service.overrides:
+            return f"{name} (master.cf {service.key} -o)"
+        return name
+
+    def chrooted(self, service: Service) -> bool:
+        if service.chroot in ("y", "n"):
+            return service.chroot == "y"
+        # master_ent.c: the "-" default is y below compatibility_level 1, n from 1 on.
+        return compat_major(self.params.get("compatibility_level", "0")) < 1
+
+    def by_program(self, program: str) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.program == program)
+
+
+def compat_major(level: str) -> int:
+    match = re.match(r"\s*(\d+)", level)
+    return int(match[1]) if match else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What amzguard's own config says Postfix must be wired to (see ``Wiring.from_config`` in the CLI)."""
+
+    socket: str
+    """libmilter spec (``milter.socket``): ``unix:/path``, ``inet:PORT@HOST``, ``inet6:PORT@HOST``."""
+    buyers: BuyerPatterns
+    bounce_domain: str
+    mixed_recipients: MixedRecipients
+    tag_header: str
+    review_enabled: bool
+    store_path: PurePosixPath
+    config_path: PurePosixPath | None
+    secret_files: tuple[tuple[str, PurePosixPath], ...]
+    """(config key, file) of the secrets the milter reads: review token, log hash key."""
+    user: str
+    """The milter's user (systemd unit ``User=``, or ``--user``)."""
+
+
+class MapError(Exception):
+    """A table could not be read (missing file or .db, unsupported type, syntax error)."""
+
+
+class Host(Protocol):
+    """What the checks ask of the machine; postfix_probe.SystemHost runs postmap and reads files."""
+
+    def query(self, table: str, key: str) -> str | None:
+        """``postmap -q KEY TABLE``: the value, None when not found; MapError when unreadable."""
+
+    def sequence(self, table: str) -> list[tuple[str, str]]:
+        """``postmap -s TABLE``: every (key, value); MapError when the table cannot list itself."""
+
+    def read_text(self, path: str) -> str:
+        """A file's text; OSError when it cannot be read."""
+
+    def user_exists(self, user: str) -> bool: ...
+
+    def user_can(self, user: str, path: str, access: str) -> bool:
+        """Whether ``user`` can, at ``path``, do all of ``access`` (letters r, w, x), as the kernel says."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def executable(self, path: str) -> bool: ...
+
+
+# ------------------------------------------------------------------ Postfix syntax
+
+
+def split_list(text: str) -> list[str]:
+    """Split a Postfix list value; a ``{ … }`` group (nested braces too) stays one element."""
+    items: list[str] = []
+    index, end = 0, len(text)
+    while index < end:
+        if text[index] in SEPARATORS:
+            index += 1
+            continue
+        start, depth = index, 0
+        while index < end:
+            char = text[index]
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth = max(0, depth - 1)
+            elif depth == 0 and char in SEPARATORS:
+                break
+            index += 1
+        items.append(text[start:index])
+    return items
+
+
+def _unbrace(text: str) -> str | None:
+    text = text.strip()
+    if text.startswith("{") and text.endswith("}"):
+        return text[1:-1].strip()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MilterEntry:
+    """One element of smtpd_milters / non_smtpd_milters."""
+
+    text: str
+    """As written (``{ … }`` groups included), for messages."""
+    name: str
+    """The ``transport:endpoint`` part."""
+    settings: Mapping[str, str]
+    """Per-milter overrides inside ``{ … }`` (default_action, protocol, *_timeout)."""
+    error: str = ""
+    """Why Postfix cannot parse the overrides (it stops with a fatal error on them)."""
+
+
+def parse_milter_list(value: str) -> list[MilterEntry]:
+    entries = []
+    for item in split_list(value):
+        inner = _unbrace(item)
+        if inner is None:
+            entries.append(MilterEntry(item, item, {}))
+            continue
+        parts = split_list(inner)
+        settings: dict[str, str] = {}
+        error = "" if parts else "empty milter definition"
+        for part in parts[1:]:
+            # attr_override.c: name=value, or { name = value } where white space is allowed.
+            pair = _unbrace(part) or part
+            name, equals, val = pair.partition("=")
+            if not equals or not name.strip():
+                error = error or f"{part!r} is not name=value (write {{ name = value }} for spaces)"
+            settings[name.strip()] = val.strip()
+        entries.append(MilterEntry(item, parts[0] if parts else "", settings, error))
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A milter socket: ``unix`` with a path, or ``inet`` with host and port."""
+
+    kind: str
+    path: str = ""
+    host: str = ""
+    port: str = ""
+
+
+def postfix_endpoint(name: str) -> Endpoint | None:
+    """Postfix's spelling (milter8.c): ``unix:PATH``, ``local:PATH``, ``inet:HOST:PORT``, ``inet:[V6]:PORT``,
+    ``inet:PORT`` (host localhost, util/inet_connect.c). None when Postfix would refuse it."""
+    transport, sep, endpoint = name.partition(":")
+    if not sep or not endpoint or not transport:
+        return None
+    if transport in ("unix", "local"):
+        return Endpoint("unix", path=endpoint)
+    if transport != "inet":
+        return None
+    if endpoint.startswith("["):
+        host, bracket, rest = endpoint[1:].partition("]")
+        if not bracket or not rest.startswith(":") or not rest[1:]:
+            return None
+        return Endpoint("inet", host=host, port=rest[1:])
+    host, sep, port = endpoint.rpartition(":")
+    if not sep:
+        host, port = "", endpoint
+    return Endpoint("inet", host=host or "localhost", port=port) if port else None
+
+
+def libmilter_endpoint(spec: str) -> Endpoint | None:
+    """amzguard's (libmilter's) spelling: ``unix:/path``, ``local:/path``, ``inet:PORT@HOST``, ``inet6:…``."""
+    transport, sep, endpoint = spec.partition(":")
+    if not sep or not endpoint:
+        return None
+    if transport in ("unix", "local"):
+        return Endpoint("unix", path=endpoint)
+    if transport in ("inet", "inet6"):
+        port, _, host = endpoint.partition("@")
+        return Endpoint("inet", host=host.strip("[]") or "*", port=port)
+    return None
+
+
+def postfix_spelling(target: Endpoint, queue_directory: str) -> str:
+    """How main.cf should name amzguard's socket: relative to the queue directory where it lies inside it
+    (that works chrooted and not), else absolute; inet as HOST:PORT."""
+    if target.kind == "inet":
+        host = "127.0.0.1" if target.host in _ANY_HOST else target.host
+        return f"inet:[{host}]:{target.port}" if ":" in host else f"inet:{host}:{target.port}"
+    inside = _relative_to(target.path, queue_directory)
+    return f"unix:{inside}" if inside else f"unix:{target.path}"
+
+
+def _relative_to(path: str, directory: str) -> str | None:
+    path, directory = posixpath.normpath(path), posixpath.normpath(directory)
+    if path.startswith(directory.rstrip("/") + "/"):
+        return path[len(directory.rstrip("/")) + 1 :]
+    return None
+
+
+def socket_file(path: str, chrooted: bool, queue_directory: str) -> str:
+    """Where on the host a Postfix daemon connects for ``unix:PATH``: daemons work in the queue directory,
+    and a chrooted one has it as its root, so every path is then under it."""
+    if chrooted or not path.startswith("/"):
+        return posixpath.normpath(posixpath.join(queue_directory, path.lstrip("/")))
+    return posixpath.normpath(path)
+
+
+_ANY_HOST = frozenset({"*", "0.0.0.0", "::", "inaddr_any"})
+
+
+def _host_addresses(host: str) -> set[str]:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return {"127.0.0.1", "::1"}
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        return {host.rstrip(".")}
+
+
+def inet_meets(postfix: Endpoint, milter: Endpoint) -> bool:
+    if postfix.port != milter.port:
+        return False
+    if milter.host.lower() in _ANY_HOST:
+        return True
+    return bool(_host_addresses(postfix.host) & _host_addresses(milter.host))
+
+
+def split_table(table: str) -> tuple[str, str]:
+    kind, sep, name = table.partition(":")
+    return (kind, name) if sep else ("", table)
+
+
+def _inner_tables(name: str) -> list[str]:
+    inner = _unbrace(name)
+    return split_list(inner) if inner is not None else []
+
+
+# ------------------------------------------------------------------ the checks
+
+
+@dataclass
+class _Report:
+    findings: list[Finding] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, severity: Severity, parameter: str, text: str) -> None:
+        finding = Finding(severity, parameter, text)
+        if finding.line() not in self.seen:
+            self.seen.add(finding.line())
+            self.findings.append(finding)
+
+
+def check_postfix(pf: PostfixSettings, wiring: Wiring, host: Host) -> list[Finding]:
+    """Every check, in the order of the docs (docs/check-postfix.md); an empty list means clean."""
+    report = _Report()
+    check_milters(pf, wiring, report)
+    check_transport(pf, wiring, host, report)
+    check_mappings(pf, wiring, host, report)
+    check_files(pf, wiring, host, report)
+    check_header_checks(pf, wiring, host, report)
+    return report.findings
+
+
+def _milter_contexts(pf: PostfixSettings) -> Iterator[tuple[str, Service | None, str]]:
+    """(parameter, service whose settings and chroot apply, what passes there) for both milter lists."""
+    smtpd = pf.by_program("smtpd")
+    for service in smtpd or (None,):
+        yield "smtpd_milters", service, "mail received over SMTP"
+    cleanup_name = pf.params.get("cleanup_service_name", "cleanup") or "cleanup"
+    cleanup = next((s for s in pf.services if s.name == cleanup_name and s.type == "unix"), None)
+    yield "non_smtpd_milters", cleanup, "mail submitted with sendmail(1)"
+
+
+def check_milters(pf: PostfixSettings, wiring: Wiring, report: _Report) -> None:
+    """Checks 1 and 2: both milter lists reach amzguard's socket (chroot included) and fail closed."""
+    target = libmilter_endpoint(wiring.socket)
+    if target is None:
+        report.add(Severity.ERROR, "milter.socket", f"cannot read {wiring.socket!r} as a libmilter socket spec")
+        return
+    queue = pf.params.get("queue_directory", "/var/spool/postfix")
+    for option in split_list(pf.params.get("receive_override_options", "")):
+        if option == "no_milters":
+            report.add(Severity.ERROR, "receive_override_options",
+                       "no_milters: Postfix sends no mail to any milter; remove no_milters")  # fmt: skip
+    for parameter, service, what in _milter_contexts(pf):
+        chrooted = service is not None and pf.chrooted(service)
+        label = pf.source(parameter, service)
+        overridden = service is not None and parameter in service.overrides
+        where = f" in master.cf service {service.key}" if overridden and service is not None else ""
+        if service is not None and "no_milters" in split_list(service.overrides.get("receive_override_options", "")):
+            report.add(Severity.WARNING, f"receive_override_options (master.cf {service.key} -o)",
+                       f"no_milters: {what} through this service is never seen by amzguard; remove it unless"
+                       " this service only takes mail back from a content filter that already passed amzguard")  # fmt: skip
+        entries = parse_milter_list(pf.get(parameter, service))
+        suggestion = postfix_spelling(target, queue)
+        if not entries:
+            report.add(Severity.ERROR, label, f"empty: {what}{where} reaches no milter, so amzguard never sees it;"
+                       f" set {parameter} = {suggestion}")  # fmt: skip
+            _check_action(pf, parameter, service, None, report)
+            continue
+        ours = []
+        hints = []
+        for entry in entries:
+            if entry.error:
+                report.add(Severity.ERROR, label, f"{entry.text}: {entry.error}; Postfix stops with a fatal error on it")
+                continue
+            endpoint = postfix_endpoint(entry.name)
+            if endpoint is None:
+                report.add(Severity.ERROR, label, f"{entry.text}: Postfix cannot use this milter (it needs unix:PATH"
+                           " or inet:HOST:PORT), so it applies milter_default_action to every message")  # fmt: skip
+                continue
+            if endpoint.kind != target.kind:
+                continue
+            if endpoint.kind == "inet":
+                if inet_meets(endpoint, target):
+                    ours.append(entry)
+                continue
+            resolved = socket_file(endpoint.path, chrooted, queue)
+            if resolved == posixpath.normpath(target.path):
+                ours.append(entry)
+            elif chrooted and socket_file(endpoint.path, False, queue) == posixpath.normpath(target.path):
+                hints.append(f"{entry.name} is opened inside the chroot of master.cf service {service.key}"
+                             f" (chroot column y), i.e. at {resolved}, not at amzguard's socket {target.path}")  # fmt: skip
+        if not ours:
+            if chrooted and target.kind == "unix" and _relative_to(target.path, queue) is None:
+                fix = (f"amzguard's socket {target.path} is outside queue_directory {queue}, which a chrooted"
+                       f" service cannot reach: put milter.socket under {queue} (e.g. {queue}/amzguard/amzguard.sock)"
+                       f" or set the chroot column of {service.key} to n")  # fmt: skip
+            else:
+                fix = f"set {parameter} = {suggestion}"
+            problem = "; ".join(hints) if hints else (
+                f"no milter in it reaches amzguard's socket {wiring.socket}{where} (it lists {', '.join(e.text for e in entries)})")  # fmt: skip
+            report.add(Severity.ERROR, label, f"{problem}: {what} is not checked; {fix}")
+            _check_action(pf, parameter, service, None, report)
+        for entry in ours:
+            _check_action(pf, parameter, service, entry, report)
+
+
+def _check_action(
+    pf: PostfixSettings, parameter: str, service: Service | None, entry: MilterEntry | None, report: _Report
+) -> None:
+    if entry is not None and "default_action" in entry.settings:
+        action, label = entry.settings["default_action"], pf.source(parameter, service)
+        name = f"default_action={action} in {entry.text}"
+        fix = "remove the default_action override (with milter_default_action = tempfail)"
+    else:
+        action, label = pf.get("milter_default_action", service), pf.source("milter_default_action", service)
+        name, fix = action, "set milter_default_action = tempfail"
+    action = action.strip().lower()
+    if action == "tempfail":
+        return
+    if action == "accept":
+        report.add(Severity.ERROR, label, f"{name}: while amzguard is down or misbehaves, mail passes unchecked; {fix}")
+    elif action == "reject":
+        report.add(Severity.WARNING, label, f"{name}: while amzguard is down, SMTP mail is refused with 5xx and"
+                   f" sendmail(1) mail bounced instead of retried; {fix}")  # fmt: skip
+    elif action == "quarantine":
+        report.add(Severity.WARNING, label, f"{name}: while amzguard is down, mail goes to the hold queue unchecked"
+                   f" and passes unchecked when released; {fix}")  # fmt: skip
+    else:
+        report.add(Severity.ERROR, label, f"{name}: not a milter default action ({', '.join(sorted(DEFAULT_ACTIONS))}); {fix}")
+
+
+def stand_in_addresses(wiring: Wiring) -> list[str]:
+    """Every stand-in amzguard may add in place of a refused buyer: one per ``Reason`` (derived from the
+    enum, so a new reason is checked without touching this file), built by the policy's own function."""
+    buyer = classify_recipient(STAND_IN_BUYER, wiring.buyers)
+    return [refusal_address(buyer, reason, wiring.bounce_domain) for reason in Reason]
+
+
+def transport_lookup(pf: PostfixSettings, maps: list[str], address: str, host: Host) -> tuple[str, str] | None:
+    """(value, table) as trivial-rewrite finds it (transport.c, mail_addr_find_strategy): the full address in
+    every table, then the domain, its parents and ``*`` in the tables that take partial keys; MapError
+    passes through (Postfix would defer the mail)."""
+    domain = address.rpartition("@")[2]
+    labels = domain.split(".")
+    style_dot = "transport_maps" not in split_list(pf.params.get("parent_domain_matches_subdomains", ""))
+    parents = [("." if style_dot else "") + ".".join(labels[i:]) for i in range(1, len(labels))]
+    fixed = [t for t in maps if _lookup_type(t) not in PATTERN_TABLES]
+    for key, tables in [(address, maps), (domain, fixed), *((p, fixed) for p in parents), ("*", fixed)]:
+        for table in tables:
+            value = host.query(_lookup_name(table), key)
+            if value is not None:
+                return value, table
+    return None
+
+
+def _lookup_name(table: str) -> str:
+    # proxymap(8) only forwards to the same table, and `postmap -q proxy:…` needs a running Postfix.
+    while table.startswith("proxy:"):
+        table = table[len("proxy:") :]
+    return table
+
+
+def _lookup_type(table: str) -> str:
+    return split_table(_lookup_name(table))[0]
+
+
+def check_transport(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
+    """Check 3: every stand-in domain is routed to Postfix's error: transport (refusal.mixed_recipients bounce)."""
+    if wiring.mixed_recipients is not MixedRecipients.BOUNCE:
+        return  # `reject` refuses the whole message and adds no stand-in
+    maps = split_list(pf.params.get("transport_maps", ""))
+    shipped = "regexp:/etc/postfix/amzguard-transport.regexp"
+    for address in stand_in_addresses(wiring):
+        try:
+            found = transport_lookup(pf, maps, address, host)
+        except MapError as exc:
+            report.add(Severity.ERROR, "transport_maps", f"cannot look up the stand-in addresses: {exc}; Postfix"
+                       " would defer refused buyers instead of bouncing them: fix the table")  # fmt: skip
+            continue
+        if found is None:
+            report.add(Severity.ERROR, "transport_maps", f"no entry routes the stand-in {address} to error:, so a"
+                       " refused buyer goes wherever .invalid mail goes instead of bouncing to the sender;"
+                       f" list {shipped} first in transport_maps")  # fmt: skip
+            continue
+        value, table = found
+        channel = value.split(":", 1)[0].strip()
+        if channel != "error":
+            report.add(Severity.ERROR, "transport_maps", f"{table} routes the stand-in {address} to {value!r}, not"
+                       f" to error:; list {shipped} before it")  # fmt: skip
+
+
+def _pattern_results(text: str) -> Iterator[tuple[str, str]]:
+    """(pattern, result) of a regexp/pcre table; if/endif lines and comments skipped, continuations joined."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        if raw[:1].isspace() and lines and raw.strip() and not raw.lstrip().startswith("#"):
+            lines[-1] += " " + raw.strip()
+        elif raw.strip() and not raw.lstrip().startswith("#"):
+            lines.append(raw.strip())
+    for line in lines:
+        if line.lower().startswith(("if ", "if!", "endif")) or line.lower() == "endif":
+            continue
+        delimiter = line[0]
+        index, escaped = 1, False
+        while index < len(line):
+            if escaped:
+                escaped = False
+            elif line[index] == "\\":
+                escaped = True
+            elif line[index] == delimiter:
+                break
+            index += 1
+        rest = line[index + 1 :]
+        flags = re.match(r"[A-Za-z]*", rest)
+        result = rest[flags.end() if flags else 0 :].strip()
+        if result:
+            yield line[: index + 1], result
+
+
+def _source_entries(text: str, aliases: bool) -> Iterator[tuple[str, str]]:
+    """(key, value) of a postmap/postalias source file (continuation lines start with white space)."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        if raw.lstrip().startswith("#") or not raw.strip():
+            continue
+        if raw[:1].isspace() and lines:
+            lines[-1] += " " + raw.strip()
+        else:
+            lines.append(raw.strip())
+    for line in lines:
+        if aliases and ":" in line:
+            key, _, value = line.partition(":")
+        else:
+            key, _, value = line.partition(" ") if " " in line else line.partition("\t")
+        yield key.strip(), value.strip()
+
+
+def table_entries(table: str, host: Host, aliases: bool = False) -> list[tuple[str, str]]:
+    """Every (key, result) of a table, as far as it can be listed; MapError says why not."""
+    kind, name = split_table(table)
+    if kind == "proxy":
+        return table_entries(name, host, aliases)
+    if kind in ("unionmap", "pipemap", "randmap"):
+        inner = _inner_tables(name)
+        if kind == "randmap":  # randmap:{a, b} answers one of its elements
+            return [("(any key)", item) for item in inner]
+        return [entry for item in inner for entry in table_entries(item, host, aliases)]
+    if kind == "static":
+        return [("(any key)", _unbrace(name) or name)]
+    if kind == "fail":
+        return []
+    if kind in PATTERN_TABLES:
+        try:
+            return list(_pattern_results(host.read_text(name)))
+        except OSError as exc:
+            raise MapError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if kind in LISTABLE_TABLES:
+        try:
+            return host.sequence(table)
+        except MapError:
+            if kind not in INDEXED_TABLES:
+                raise
+        try:  # the source file next to the .db
+            return list(_source_entries(host.read_text(name), aliases))
+        except OSError as exc:
+            raise MapError(f"cannot list it (postmap -s failed and the source {name}: {exc.strerror or exc})") from None
+    raise MapError(f"a {kind or 'untyped'} table cannot be listed")
+
+
+_SUBSTITUTION = re.compile(r"\$(?:\d|\{\d+\})")
+
+
+def result_addresses(value: str) -> Iterator[str]:
+    """The addresses in a mapping result: comma/space separated, quotes kept together, pipes and files
+    skipped; regexp substitutions ($1) read as a placeholder local text."""
+    for item in _split_quoted(value):
+        item = item.strip()
+        if not item or item.startswith(("|", "/", '"|', '"/', ":include:")):
+            continue
+        yield _SUBSTITUTION.sub("x", item)
+
+
+def _split_quoted(value: str) -> list[str]:
+    items, current, quoted = [], [], False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if not quoted and char in SEPARATORS:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return items
+
+
+def _includes(value: str) -> list[str]:
+    return [item.strip()[len(":include:") :] for item in _split_quoted(value) if item.strip().startswith(":include:")]
+
+
+def check_mappings(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
+    """Check 4: post-milter mappings whose result is a buyer address."""
+    for address in result_addresses(pf.params.get("always_bcc", "")):
+        if classify_recipient(address, wiring.buyers).is_buyer:
+            report.add(Severity.ERROR, "always_bcc", f"{address} is an Amazon buyer address: every message goes to"
+                       " it after amzguard judged the message; remove it")  # fmt: skip
+    for parameter, does in MAPPING_PARAMETERS:
+        aliases = parameter == "alias_maps"
+        for table in split_list(pf.params.get(parameter, "")):
+            try:
+                entries = table_entries(table, host, aliases)
+            except MapError as exc:
+                report.add(Severity.WARNING, parameter, f"{table}: {exc}; check yourself that no result is an"
+                           " Amazon buyer address (a relay domain or a marked local part), amzguard cannot see"
+                           " mappings Postfix applies after it")  # fmt: skip
+                continue
+            for key, value in entries:
+                values = [value]
+                if aliases:
+                    for path in _includes(value):
+                        try:
+                            values.append(", ".join(host.read_text(path).splitlines()))
+                        except OSError:
+                            report.add(Severity.WARNING, parameter, f"{table}: {key}: cannot read :include: {path}")
+                for address in (a for v in values for a in result_addresses(v)):
+                    if classify_recipient(address, wiring.buyers).is_buyer:
+                        report.add(Severity.ERROR, parameter, f"{table} {does} the Amazon buyer address {address}"
+                                   f" (entry {key}): Postfix applies it after amzguard judged the message, so"
+                                   " amzguard never sees that recipient; remove the entry")  # fmt: skip
+
+
+def _pipe_argv(command: str) -> tuple[str, list[str]]:
+    """(user=, argv) of a pipe(8) command field."""
+    words = command.split()
+    user = next((w[len("user=") :] for w in words if w.startswith("user=")), "")
+    for index, word in enumerate(words):
+        if word.startswith("argv="):
+            return user, [word[len("argv=") :], *words[index + 1 :]]
+    return user, []
+
+
+def _runs_optout_learn(argv: list[str]) -> bool:
+    return any(a == "optout" and b == "learn" for a, b in zip(argv, argv[1:], strict=False))
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag in ("-c", "--config"):
+            return value
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
+def check_files(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
+    """Checks 5 and 6: what the milter's user must reach, and the `optout learn` pipe service."""
+    _check_user_files(wiring.user, "the milter's user", wiring, wiring.config_path, host, report, secrets=True)
+    target = libmilter_endpoint(wiring.socket)
+    if target is not None and target.kind == "unix" and host.user_exists(wiring.user):
+        directory = posixpath.dirname(target.path)
+        if not host.exists(directory):
+            report.add(Severity.ERROR, "milter.socket", f"the socket's directory {directory} does not exist; create"
+                       f" it for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
+        elif not host.user_can(wiring.user, directory, "wx"):
+            report.add(Severity.ERROR, "milter.socket", f"{wiring.user} cannot create the socket in {directory};"
+                       f" make it writable for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
+    learners = []
+    for service in pf.by_program("pipe"):
+        user, argv = _pipe_argv(service.command)
+        if _runs_optout_learn(argv):
+            learners.append((service, user, argv))
+    if not learners:
+        report.add(Severity.WARNING, "master.cf", "no pipe service runs `amzguard optout learn`: Amazon's opt-out"
+                   " notices are not learned through Postfix (fine if a mail rule or cron job feeds them); see"
+                   " docs/check-postfix.md")  # fmt: skip
+    for service, user, argv in learners:
+        where = f"master.cf {service.key}"
+        if not argv[0].startswith("/"):
+            report.add(Severity.ERROR, where, f"argv={argv[0]}: pipe(8) needs an absolute path; write the full path"
+                       " of the amzguard command")  # fmt: skip
+        elif not host.executable(argv[0]):
+            report.add(Severity.ERROR, where, f"argv={argv[0]} is no executable file: every opt-out notice is"
+                       " deferred; point argv= at the installed amzguard (e.g. /opt/amzguard/bin/amzguard)")  # fmt: skip
+        if not user:
+            report.add(Severity.ERROR, where, "pipe needs user=; use the milter's user")
+            continue
+        config = PurePosixPath(path) if (path := _config_arg(argv)) else wiring.config_path
+        user = user.split(":")[0]
+        if (user, config) != (wiring.user, wiring.config_path):  # else checked above already
+            _check_user_files(user, f"the pipe user of {service.key}", wiring, config, host, report, secrets=False)
+
+
+def _check_user_files(
+    user: str, who: str, wiring: Wiring, config: PurePosixPath | None, host: Host, report: _Report, secrets: bool
+) -> None:
+    if not host.user_exists(user):
+        report.add(Severity.ERROR, "user", f"{who} {user} does not exist; create it (systemd/amzguard.sysusers) or"
+                   " name the right one with --user")  # fmt: skip
+        return
+    if config is not None and not host.user_can(user, str(config), "r"):
+        report.add(Severity.ERROR, str(config), f"{who} {user} cannot read the config file; chgrp {user} it and"
+                   " chmod g+r (it may hold secrets: not o+r)")  # fmt: skip
+    directory = str(wiring.store_path.parent)
+    if not host.exists(directory):
+        report.add(Severity.ERROR, "store.path", f"the store's directory {directory} does not exist; create it"
+                   f" writable for {user}: install -d -o {user} -g {user} -m 0770 {directory}")  # fmt: skip
+    elif not host.user_can(user, directory, "wx"):
+        report.add(Severity.ERROR, "store.path", f"{who} {user} cannot create files in the store's directory"
+                   f" {directory} (SQLite writes its journal there); chown or chmod it for {user}")  # fmt: skip
+    elif host.exists(str(wiring.store_path)) and not host.user_can(user, str(wiring.store_path), "rw"):
+        report.add(Severity.ERROR, "store.path", f"{who} {user} cannot read and write the store {wiring.store_path};"
+                   f" chown it to {user}")  # fmt: skip
+    if not secrets:
+        return
+    for key, path in wiring.secret_files:
+        if not host.exists(str(path)):
+            report.add(Severity.ERROR, key, f"{path} does not exist; create it (see etc/amzguard.yml)")
+        elif not host.user_can(user, str(path), "r"):
+            report.add(Severity.ERROR, key, f"{who} {user} cannot read {path}; chgrp {user} it and chmod 0640")
+
+
+def check_header_checks(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
+    """Check 7 (issue 13): Postfix's SMTP client removes the review tag from every message it sends, the
+    originals attached to bounces included (smtp_nested_header_checks)."""
+    probe = f"{wiring.tag_header}: {REVIEW_PROBE_VALUE}"
+    # With the channel off no secret exists, but a tag still tells outsiders what the shop's mailer does.
+    severity = Severity.ERROR if wiring.review_enabled else Severity.WARNING
+    shipped = "regexp:/etc/postfix/amzguard-header-checks.regexp"
+    services: Iterable[Service | None] = pf.by_program("smtp") or (None,)
+    for service in services:
+        for parameter in ("smtp_header_checks", "smtp_nested_header_checks"):
+            label = pf.source(parameter, service)
+            tables = split_list(pf.get(parameter, service))
+            try:
+                found = next(((v, t) for t in tables if (v := host.query(_lookup_name(t), probe)) is not None), None)
+            except MapError as exc:
+                report.add(severity, label, f"cannot look up {wiring.tag_header!r} in it: {exc}")
+                continue
+            if found is None:
+                report.add(severity, label, f"no rule IGNOREs the {wiring.tag_header}: header, so the review tag can"
+                           f" leave the machine; add {shipped} (with /^{wiring.tag_header}:/ IGNORE)")  # fmt: skip
+            elif (found[0].split() or [""])[0].upper() != "IGNORE":
+                report.add(severity, label, f"{found[1]} answers {found[0]!r} for the {wiring.tag_header}: header,"
+                           f" not IGNORE; list {shipped} first")  # fmt: skip
