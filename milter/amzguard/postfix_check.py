@@ -503,6 +503,11 @@ def check_transport(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Re
         return  # `reject` refuses the whole message and adds no stand-in
     maps = split_list(pf.params.get("transport_maps", ""))
     shipped = "regexp:/etc/postfix/amzguard-transport.regexp"
+    if not maps:
+        report.add(Severity.ERROR, "transport_maps", f"empty: the stand-ins under {wiring.bounce_domain} that replace"
+                   " refused buyers go wherever .invalid mail goes instead of bouncing to the sender; set"
+                   f" transport_maps = {shipped} (or refusal.mixed_recipients: reject)")  # fmt: skip
+        return
     for address in stand_in_addresses(wiring):
         try:
             found = transport_lookup(pf, maps, address, host)
@@ -729,8 +734,8 @@ def _check_user_files(
                    " name the right one with --user")  # fmt: skip
         return
     if config is not None and not host.user_can(user, str(config), "r"):
-        report.add(Severity.ERROR, str(config), f"{who} {user} cannot read the config file; chgrp {user} it and"
-                   " chmod g+r (it may hold secrets: not o+r)")  # fmt: skip
+        report.add(Severity.ERROR, str(config), f"{who} {user} cannot read the config file; give it a group of"
+                   f" {user} and chmod g+r (it may hold secrets: not o+r)")  # fmt: skip
     directory = str(wiring.store_path.parent)
     if not host.exists(directory):
         report.add(Severity.ERROR, "store.path", f"the store's directory {directory} does not exist; create it"
@@ -747,7 +752,8 @@ def _check_user_files(
         if not host.exists(str(path)):
             report.add(Severity.ERROR, key, f"{path} does not exist; create it (see etc/amzguard.yml)")
         elif not host.user_can(user, str(path), "r"):
-            report.add(Severity.ERROR, key, f"{who} {user} cannot read {path}; chgrp {user} it and chmod 0640")
+            report.add(Severity.ERROR, key, f"{who} {user} cannot read {path}; give it a group of {user} and"
+                       " chmod 0640")  # fmt: skip
 
 
 def check_header_checks(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:

@@ -344,8 +344,12 @@ def test_service_override_of_the_default_action() -> None:
 
 def test_missing_transport_map() -> None:
     found = run(settings(transport_maps=""))
+    assert [f.parameter for f in found] == ["transport_maps"]
+    assert "empty: the stand-ins under amzguard.invalid" in found[0].text
+    host = clean_host()
+    host.tables["inline:{ x=y }"] = {"x": "y"}
+    found = run(settings(transport_maps="inline:{ x=y }"), host)
     assert len(found) == len(Reason)
-    assert {f.parameter for f in found} == {"transport_maps"}
     assert "no entry routes the stand-in q7x=marketplace.amazon.de@opted-out.amzguard.invalid" in lines(found)
 
 
