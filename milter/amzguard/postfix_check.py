@@ -67,7 +67,9 @@ class Finding:
     text: str
 
     def line(self) -> str:
-        return f"amzguard: {self.severity}: {self.parameter}: {self.text}"
+        # Table contents are printed (addresses, results): a control character must not split the line.
+        text = f"amzguard: {self.severity}: {self.parameter}: {self.text}"
+        return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def case() -> Iterator[Case]:
     )
     postfix.smtp_port = 2525  # never started: only postconf reads it
     postfix.config_dir.mkdir(parents=True)
-    nobody = (int(os.environ.get("NOBODY_UID", 65534)), grp.getgrnam("nogroup").gr_gid)
+    nobody = (pwd.getpwnam(NOBODY).pw_uid, grp.getgrnam("nogroup").gr_gid)
     for directory in (postfix.queue_dir / "amzguard", workdir / "store"):
         directory.mkdir(parents=True)
         os.chown(directory, *nobody)

@@ -561,3 +561,26 @@ def test_every_finding_is_one_prefixed_line() -> None:
         line = finding.line()
         assert "\n" not in line
         assert re.match(r"^amzguard: (warning|error): \S", line)
+
+
+# ------------------------------------------------------------------ bad input: findings, never a crash
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@given(_TEXT, _TEXT, st.sampled_from(["tempfail", "accept", "", "{"]))
+def test_any_milter_settings_give_findings_not_crashes(smtpd: str, non_smtpd: str, action: str) -> None:
+    for finding in run(settings(smtpd_milters=smtpd, non_smtpd_milters=non_smtpd, milter_default_action=action)):
+        assert "\n" not in finding.line() and finding.line().isprintable()
+
+
+@given(_TEXT)
+def test_any_table_file_gives_findings_not_crashes(text: str) -> None:
+    host = clean_host()
+    host.files["/etc/postfix/virtual.regexp"] = text
+    host.files["/etc/postfix/virtual"] = text
+    host.files["/etc/aliases"] = text
+    pf = settings(virtual_alias_maps="regexp:/etc/postfix/virtual.regexp, hash:/etc/postfix/virtual",
+                  alias_maps="hash:/etc/aliases")  # fmt: skip
+    for finding in run(pf, host):
+        assert finding.line().isprintable()
