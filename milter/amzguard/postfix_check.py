@@ -380,63 +380,90 @@ def check_milters(pf: PostfixSettings, wiring: Wiring, report: _Report) -> None:
     if target is None:
         report.add(Severity.ERROR, "milter.socket", f"cannot read {wiring.socket!r} as a libmilter socket spec")
         return
-    queue = pf.params.get("queue_directory", "/var/spool/postfix")
-    for option in split_list(pf.params.get("receive_override_options", "")):
-        if option == "no_milters":
-            report.add(Severity.ERROR, "receive_override_options",
-                       "no_milters: Postfix sends no mail to any milter; remove no_milters")  # fmt: skip
+    if "no_milters" in split_list(pf.params.get("receive_override_options", "")):
+        report.add(Severity.ERROR, "receive_override_options",
+                   "no_milters: Postfix sends no mail to any milter; remove no_milters")  # fmt: skip
     for parameter, service, what in _milter_contexts(pf):
-        chrooted = service is not None and pf.chrooted(service)
-        label = pf.source(parameter, service)
-        overridden = service is not None and parameter in service.overrides
-        where = f" in master.cf service {service.key}" if overridden and service is not None else ""
         if service is not None and "no_milters" in split_list(service.overrides.get("receive_override_options", "")):
             report.add(Severity.WARNING, f"receive_override_options (master.cf {service.key} -o)",
                        f"no_milters: {what} through this service is never seen by amzguard; remove it unless"
                        " this service only takes mail back from a content filter that already passed amzguard")  # fmt: skip
-        entries = parse_milter_list(pf.get(parameter, service))
-        suggestion = postfix_spelling(target, queue)
-        if not entries:
-            report.add(Severity.ERROR, label, f"empty: {what}{where} reaches no milter, so amzguard never sees it;"
-                       f" set {parameter} = {suggestion}")  # fmt: skip
-            _check_action(pf, parameter, service, None, report)
-            continue
-        ours = []
-        hints = []
-        for entry in entries:
-            if entry.error:
-                report.add(Severity.ERROR, label, f"{entry.text}: {entry.error}; Postfix stops with a fatal error on it")
-                continue
-            endpoint = postfix_endpoint(entry.name)
-            if endpoint is None:
-                report.add(Severity.ERROR, label, f"{entry.text}: Postfix cannot use this milter (it needs unix:PATH"
-                           " or inet:HOST:PORT), so it applies milter_default_action to every message")  # fmt: skip
-                continue
-            if endpoint.kind != target.kind:
-                continue
-            if endpoint.kind == "inet":
-                if inet_meets(endpoint, target):
-                    ours.append(entry)
-                continue
-            resolved = socket_file(endpoint.path, chrooted, queue)
-            if resolved == posixpath.normpath(target.path):
-                ours.append(entry)
-            elif chrooted and socket_file(endpoint.path, False, queue) == posixpath.normpath(target.path):
-                hints.append(f"{entry.name} is opened inside the chroot of master.cf service {service.key}"
-                             f" (chroot column y), i.e. at {resolved}, not at amzguard's socket {target.path}")  # fmt: skip
-        if not ours:
-            if chrooted and target.kind == "unix" and _relative_to(target.path, queue) is None:
-                fix = (f"amzguard's socket {target.path} is outside queue_directory {queue}, which a chrooted"
-                       f" service cannot reach: put milter.socket under {queue} (e.g. {queue}/amzguard/amzguard.sock)"
-                       f" or set the chroot column of {service.key} to n")  # fmt: skip
-            else:
-                fix = f"set {parameter} = {suggestion}"
-            problem = "; ".join(hints) if hints else (
-                f"no milter in it reaches amzguard's socket {wiring.socket}{where} (it lists {', '.join(e.text for e in entries)})")  # fmt: skip
-            report.add(Severity.ERROR, label, f"{problem}: {what} is not checked; {fix}")
-            _check_action(pf, parameter, service, None, report)
-        for entry in ours:
-            _check_action(pf, parameter, service, entry, report)
+        _check_milter_list(pf, _MilterContext(parameter, service, what, target, wiring.socket), report)
+
+
+@dataclass(frozen=True, slots=True)
+class _MilterContext:
+    parameter: str
+    service: Service | None
+    what: str
+    """What passes this list, for messages ("mail received over SMTP")."""
+    target: Endpoint
+    spec: str
+
+    def where(self) -> str:
+        overridden = self.service is not None and self.parameter in self.service.overrides
+        return f" in master.cf service {self.service.key}" if overridden and self.service is not None else ""
+
+
+def _check_milter_list(pf: PostfixSettings, context: _MilterContext, report: _Report) -> None:
+    parameter, service, what, target = context.parameter, context.service, context.what, context.target
+    queue = pf.params.get("queue_directory", "/var/spool/postfix")
+    chrooted = service is not None and pf.chrooted(service)
+    label, where = pf.source(parameter, service), context.where()
+    suggestion = postfix_spelling(target, queue)
+    entries = parse_milter_list(pf.get(parameter, service))
+    if not entries:
+        text = f"empty: {what}{where} reaches no milter, so amzguard never sees it; set {parameter} = {suggestion}"
+        if where:  # a deliberate -o override, e.g. a content filter's re-injection service: a warning
+            report.add(Severity.WARNING, label, f"{text}, unless this service only takes mail back from a"
+                       " content filter that already passed amzguard")  # fmt: skip
+        else:
+            report.add(Severity.ERROR, label, text)
+        _check_action(pf, parameter, service, None, report)
+        return
+    ours: list[MilterEntry] = []
+    hints: list[str] = []
+    for entry in entries:
+        problem = _unusable(entry)
+        if problem:
+            report.add(Severity.ERROR, label, f"{entry.text}: {problem}")
+        elif _reaches(entry, target, chrooted, queue):
+            ours.append(entry)
+        elif service is not None and chrooted and _reaches(entry, target, False, queue):
+            opened = socket_file(entry.name.partition(":")[2], True, queue)
+            hints.append(f"{entry.name} is opened inside the chroot of master.cf service {service.key}"
+                         f" (chroot column y), i.e. at {opened}, not at amzguard's socket {target.path}")  # fmt: skip
+    if not ours:
+        if service is not None and chrooted and target.kind == "unix" and _relative_to(target.path, queue) is None:
+            fix = (f"amzguard's socket {target.path} is outside queue_directory {queue}, which a chrooted"
+                   f" service cannot reach: put milter.socket under {queue} (e.g. {queue}/amzguard/amzguard.sock)"
+                   f" or set the chroot column of {service.key} to n")  # fmt: skip
+        else:
+            fix = f"set {parameter} = {suggestion}"
+        listed = ", ".join(e.text for e in entries)
+        problem = "; ".join(hints) or f"no milter in it reaches amzguard's socket {context.spec}{where} (it lists {listed})"
+        report.add(Severity.ERROR, label, f"{problem}: {what} is not checked; {fix}")
+        _check_action(pf, parameter, service, None, report)
+    for entry in ours:
+        _check_action(pf, parameter, service, entry, report)
+
+
+def _unusable(entry: MilterEntry) -> str:
+    if entry.error:
+        return f"{entry.error}; Postfix stops with a fatal error on it"
+    if postfix_endpoint(entry.name) is None:
+        return ("Postfix cannot use this milter (it needs unix:PATH or inet:HOST:PORT), so it applies"
+                " milter_default_action to every message")  # fmt: skip
+    return ""
+
+
+def _reaches(entry: MilterEntry, target: Endpoint, chrooted: bool, queue: str) -> bool:
+    endpoint = postfix_endpoint(entry.name)
+    if endpoint is None or endpoint.kind != target.kind:
+        return False
+    if endpoint.kind == "inet":
+        return inet_meets(endpoint, target)
+    return socket_file(endpoint.path, chrooted, queue) == posixpath.normpath(target.path)
 
 
 def _check_action(

@@ -264,3 +264,27 @@ def test_unreadable_postfix_config_is_exit_2(case: Case) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("amzguard: fatal: cannot read Postfix's settings: ")
     assert done.stdout == ""
+
+
+DEBIAN_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
+
+
+def _debian_master_cf(case: Case) -> None:
+    """Debian's own master.cf (chroot y for smtpd, cleanup and smtp) plus the optout pipe."""
+    (case.postfix.config_dir / "master.cf").write_text(DEBIAN_MASTER_CF.read_text() + case.pipe())
+
+
+def test_debian_master_cf_with_the_readme_wiring_is_clean(case: Case) -> None:
+    _debian_master_cf(case)
+    assert case.check() == (0, [])
+
+
+def test_debian_master_cf_with_absolute_socket_paths(case: Case) -> None:
+    case.write({"smtpd_milters": f"unix:{case.socket}", "non_smtpd_milters": f"unix:{case.socket}"})
+    _debian_master_cf(case)
+    status, lines = case.check()
+    assert status == 1
+    assert [line.split(":")[2].strip() for line in lines] == ["smtpd_milters", "non_smtpd_milters"]
+    assert "master.cf service smtp/inet (chroot column y)" in lines[0]
+    assert "master.cf service cleanup/unix (chroot column y)" in lines[1]
+    assert all(line.endswith("= unix:amzguard/amzguard.sock") for line in lines)

@@ -584,3 +584,9 @@ def test_any_table_file_gives_findings_not_crashes(text: str) -> None:
                   alias_maps="hash:/etc/aliases")  # fmt: skip
     for finding in run(pf, host):
         assert finding.line().isprintable()
+
+
+def test_empty_service_override_is_a_warning() -> None:
+    found = run(settings(overrides={"smtp": {"smtpd_milters": ""}}))
+    assert [(f.severity, f.parameter) for f in found] == [(Severity.WARNING, "smtpd_milters (master.cf smtp/inet -o)")]
+    assert "content filter" in found[0].text
