@@ -720,15 +720,32 @@ def _config_arg(argv: list[str]) -> str | None:
 def check_files(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
     """Checks 5 and 6: what the milter's user must reach, and the `optout learn` pipe service."""
     _check_user_files(wiring.user, "the milter's user", wiring, wiring.config_path, host, report, secrets=True)
+    _check_socket_files(pf, wiring, host, report)
+    _check_optout_pipe(pf, wiring, host, report)
+
+
+def _check_socket_files(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
     target = libmilter_endpoint(wiring.socket)
-    if target is not None and target.kind == "unix" and host.user_exists(wiring.user):
-        directory = posixpath.dirname(target.path)
-        if not host.exists(directory):
-            report.add(Severity.ERROR, "milter.socket", f"the socket's directory {directory} does not exist; create"
-                       f" it for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
-        elif not host.user_can(wiring.user, directory, "wx"):
-            report.add(Severity.ERROR, "milter.socket", f"{wiring.user} cannot create the socket in {directory};"
-                       f" make it writable for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
+    if target is None or target.kind != "unix":
+        return
+    directory = posixpath.dirname(target.path)
+    if not host.exists(directory):
+        report.add(Severity.ERROR, "milter.socket", f"the socket's directory {directory} does not exist; create"
+                   f" it for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
+        return
+    if host.user_exists(wiring.user) and not host.user_can(wiring.user, directory, "wx"):
+        report.add(Severity.ERROR, "milter.socket", f"{wiring.user} cannot create the socket in {directory};"
+                   f" make it writable for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
+    # Postfix's smtpd and cleanup connect as mail_owner; connecting to a unix socket needs write permission
+    # on it. Only checkable while amzguard runs (the socket exists then).
+    owner = pf.params.get("mail_owner", "postfix") or "postfix"
+    if host.exists(target.path) and host.user_exists(owner) and not host.user_can(owner, target.path, "w"):
+        report.add(Severity.ERROR, "milter.socket_mode", f"Postfix's mail_owner {owner} cannot connect to"
+                   f" {target.path}, so every message gets milter_default_action; give the socket the group"
+                   f" {owner} (setgid socket directory, systemd/amzguard.tmpfiles) and milter.socket_mode '0660'")  # fmt: skip
+
+
+def _check_optout_pipe(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
     learners = []
     for service in pf.by_program("pipe"):
         user, argv = _pipe_argv(service.command)

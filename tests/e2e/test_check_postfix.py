@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.e2e.harness import POSTCONF, PostfixInstance, make_workdir
+from tests.support.milter_process import MilterProcess
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSPORT_MAP = REPO / "etc" / "postfix" / "amzguard-transport.regexp"
@@ -91,10 +93,15 @@ def case() -> Iterator[Case]:
     postfix.smtp_port = 2525  # never started: only postconf reads it
     postfix.config_dir.mkdir(parents=True)
     nobody = (pwd.getpwnam(NOBODY).pw_uid, grp.getgrnam("nogroup").gr_gid)
-    for directory in (postfix.queue_dir / "amzguard", workdir / "store"):
-        directory.mkdir(parents=True)
-        os.chown(directory, *nobody)
-        directory.chmod(0o750)
+    store = workdir / "store"
+    store.mkdir()
+    os.chown(store, *nobody)
+    store.chmod(0o750)
+    # As systemd/amzguard.tmpfiles makes it: the milter's, group postfix, setgid (the socket gets group postfix).
+    sockets = postfix.queue_dir / "amzguard"
+    sockets.mkdir(parents=True)
+    os.chown(sockets, nobody[0], grp.getgrnam("postfix").gr_gid)
+    sockets.chmod(0o2750)
     token = workdir / "review-token"
     token.write_text("c4se-review-token-81Jx0q\n")
     os.chown(token, 0, nobody[1])
@@ -118,6 +125,26 @@ def errors_about(lines: list[str], parameter: str) -> list[str]:
 
 def test_clean_config_exits_0(case: Case) -> None:
     assert case.check() == (0, [])
+
+
+def test_clean_config_with_a_running_milter_exits_0(case: Case) -> None:
+    """amzguard running with group postfix, so its 0660 socket is Postfix's to connect to (as root: nobody
+    cannot run this venv's interpreter; the files are still checked as nobody)."""
+    milter = MilterProcess(case.config, f"unix:{case.socket}", case.workdir / "amzguard.log", group="postfix")
+    with milter:
+        assert case.socket.is_socket()
+        assert case.check() == (0, [])
+
+
+def test_socket_postfix_cannot_connect_to(case: Case) -> None:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(case.socket))
+        os.chown(case.socket, pwd.getpwnam(NOBODY).pw_uid, -1)
+        case.socket.chmod(0o600)
+        status, lines = case.check()
+    assert status == 1
+    [line] = lines
+    assert line.startswith("amzguard: error: milter.socket_mode: Postfix's mail_owner postfix cannot connect to")
 
 
 def test_clean_chrooted_config_exits_0(case: Case) -> None:

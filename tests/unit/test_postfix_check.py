@@ -62,7 +62,7 @@ class FakeHost:
 
     tables: dict[str, dict[str, str] | list[tuple[str, str]]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
-    users: set[str] = field(default_factory=lambda: {"amzguard"})
+    users: set[str] = field(default_factory=lambda: {"amzguard", "postfix"})
     denied: set[tuple[str, str]] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
     executables: set[str] = field(default_factory=lambda: {AMZGUARD})
@@ -504,6 +504,24 @@ def test_socket_directory_not_writable() -> None:
     host = clean_host()
     host.denied.add(("amzguard", f"{QUEUE}/amzguard"))
     assert [f.parameter for f in run(settings(), host)] == ["milter.socket"]
+    host = clean_host()
+    host.missing.add(f"{QUEUE}/amzguard")
+    found = run(settings(), host)
+    assert [f.parameter for f in found] == ["milter.socket"] and "does not exist" in found[0].text
+
+
+def test_postfix_cannot_connect_to_the_socket() -> None:
+    host = clean_host()
+    host.denied.add(("postfix", SOCKET))
+    found = run(settings(), host)
+    assert [f.parameter for f in found] == ["milter.socket_mode"]
+    assert "mail_owner postfix cannot connect" in found[0].text
+    # Only while the socket exists (amzguard running), and for the mail_owner Postfix is set to.
+    host.missing.add(SOCKET)
+    assert run(settings(), host) == []
+    host.missing.clear()
+    host.users.add("mailer")
+    assert run(settings(mail_owner="mailer"), host) == []
 
 
 @pytest.mark.parametrize(
