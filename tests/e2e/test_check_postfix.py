@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from amzguard.postfix_check import split_list, transport_lookup
+from amzguard.postfix_probe import SystemHost, read_postfix_settings
 from tests.e2e.harness import POSTCONF, PostfixInstance, make_workdir
 from tests.support.milter_process import MilterProcess
 
@@ -315,3 +317,51 @@ def test_debian_master_cf_with_absolute_socket_paths(case: Case) -> None:
     assert "master.cf service smtp/inet (chroot column y)" in lines[0]
     assert "master.cf service cleanup/unix (chroot column y)" in lines[1]
     assert all(line.endswith("= unix:amzguard/amzguard.sock") for line in lines)
+
+
+def test_transport_lookup_agrees_with_postfix() -> None:
+    """The stand-in lookup (trivial-rewrite's order, emulated with postmap -q) against a running Postfix:
+    for each transport_maps setting, Postfix's smtpd refuses a stand-in as undeliverable (its resolver
+    found the error transport) exactly when transport_lookup answers ``error:``."""
+    workdir = make_workdir("amzguard-check-oracle-")
+    postfix = PostfixInstance(workdir)
+    tables = {
+        "dot": ".amzguard.invalid error:5.7.1 refused (dot)\n",
+        "nodot": "amzguard.invalid error:5.7.1 refused (no dot)\n",
+        "star": "* error:5.7.1 refused (star)\n",
+    }
+    for name, text in tables.items():
+        (workdir / name).write_text(text)
+    catchall = workdir / "catchall.regexp"
+    settings = [
+        {"transport_maps": f"regexp:{TRANSPORT_MAP}"},
+        {"transport_maps": f"hash:{workdir}/dot"},
+        {"transport_maps": f"hash:{workdir}/nodot"},  # a parent domain needs the dot here ...
+        {"transport_maps": f"hash:{workdir}/nodot",  # ... unless transport_maps matches subdomains
+         "parent_domain_matches_subdomains": "relay_domains, transport_maps"},
+        {"transport_maps": f"regexp:{catchall}, regexp:{TRANSPORT_MAP}"},  # an earlier table wins
+        {"transport_maps": f"hash:{workdir}/star"},
+    ]  # fmt: skip
+    verdicts = []
+    try:
+        with postfix:
+            catchall.write_text(f"/./ relay:[127.0.0.1]:{postfix.sink.port}\n")
+            for name in tables:
+                subprocess.run(["postmap", "-c", str(postfix.config_dir), f"hash:{workdir}/{name}"], check=True)
+            for number, change in enumerate(settings):
+                postfix.postconf({"parent_domain_matches_subdomains": "relay_domains", **change})
+                postfix.reload()
+                address = f"case{number}=marketplace.amazon.de@opted-out.amzguard.invalid"
+                # smtpd asks trivial-rewrite at RCPT: an error: route is refused there with the table's text.
+                result = postfix.smtp("shop@shop.test", [address], f"Subject: oracle {number}\r\n\r\nx\r\n")
+                refused = result.rejected.get(address)
+                assert refused is None or (refused[0] == 550 and "refused" in refused[1]), refused
+                pf = read_postfix_settings(str(postfix.config_dir))
+                found = transport_lookup(pf, split_list(pf.params["transport_maps"]), address,
+                                         SystemHost(str(postfix.config_dir)))  # fmt: skip
+                ours = found is not None and found[0].split(":", 1)[0] == "error"
+                verdicts.append((number, refused is not None, ours))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert [(n, real) for n, real, _ in verdicts] == [(0, True), (1, True), (2, False), (3, True), (4, False), (5, True)]
+    assert all(real == ours for _, real, ours in verdicts), verdicts
