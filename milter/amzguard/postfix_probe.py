@@ -31,6 +31,7 @@ UNIT_PATHS = tuple(
     for d in ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
               "/lib/systemd/system")
 )  # fmt: skip
+_TOOLS = {"postconf": POSTCONF, "postmap": POSTMAP, "setpriv": SETPRIV}
 DEFAULT_USER = "amzguard"
 TIMEOUT = 30
 
@@ -39,21 +40,29 @@ class ProbeError(Exception):
     """Postfix's settings cannot be read at all (no such config directory, postconf missing)."""
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+def _run(tool: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The one place that starts a program: Postfix's read-only tools and setpriv, an argv list, no shell."""
+    if tool not in _TOOLS:
+        raise ValueError(f"check-postfix runs only {', '.join(sorted(_TOOLS))}, not {tool!r}")
+    program = _TOOLS[tool]
+    if program is None:
+        raise ProbeError(f"{tool}: not installed")
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=False, errors="replace")
+        return subprocess.run([program, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                              errors="replace")  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ProbeError(f"{args[0]}: {exc}") from None
+        raise ProbeError(f"{program}: {exc}") from None
 
 
 def read_postfix_settings(config_dir: str | None) -> PostfixSettings:
     """``postconf -x`` (all of main.cf, defaults and ``$name`` expanded), ``-F`` and ``-xP`` (master.cf)."""
-    base = [POSTCONF, *(["-c", config_dir] if config_dir else [])]
+    base = ["-c", config_dir] if config_dir else []
     outputs = []
     for flags in (["-x"], ["-F"], ["-xP"]):
-        done = _run([*base, *flags])
+        done = _run("postconf", [*base, *flags])
         if done.returncode != 0:
-            raise ProbeError(f"{' '.join([*base, *flags])}: {done.stderr.strip() or f'exit {done.returncode}'}")
+            command = " ".join([POSTCONF, *base, *flags])
+            raise ProbeError(f"{command}: {done.stderr.strip() or f'exit {done.returncode}'}")
         outputs.append(done.stdout)
     params = dict(_name_value(line) for line in outputs[0].splitlines() if "=" in line)
     fields: dict[str, dict[str, str]] = {}
@@ -140,7 +149,7 @@ class SystemHost:
 
     def _postmap(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:
-            return _run([POSTMAP, *self.config_args, *args])
+            return _run("postmap", [*self.config_args, *args])
         except ProbeError as exc:
             raise MapError(str(exc)) from None
 
@@ -189,7 +198,7 @@ class SystemHost:
             expression: list[str] = []
             for letter in access:
                 expression += [*(["-a"] if expression else []), f"-{letter}", path]
-            done = _run([SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", TEST, *expression])
+            done = _run("setpriv", [f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", TEST, *expression])
             return done.returncode == 0
         return permitted(path, uid, {gid, *groups}, access)
 
