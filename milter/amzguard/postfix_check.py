@@ -598,7 +598,7 @@ def _source_entries(text: str, aliases: bool) -> Iterator[tuple[str, str]]:
         if aliases and ":" in line:
             key, _, value = line.partition(":")
         else:
-            key, _, value = line.partition(" ") if " " in line else line.partition("\t")
+            key, _, value = line.replace("\t", " ").partition(" ")
         yield key.strip(), value.strip()
 
 

@@ -418,9 +418,19 @@ def test_bcc_regexp_to_a_marked_buyer() -> None:
 
 def test_indexed_table_without_db_is_read_from_its_source() -> None:
     host = clean_host()
-    host.files["/etc/postfix/canonical"] = "# map\nsales@shop.test   q7x@marketplace.amazon.de\n"
+    host.files["/etc/postfix/canonical"] = ("# map\nsales@shop.test\tq7x@marketplace.amazon.de, x@shop.test\n"
+                                            "info@shop.test  info@shop.test,\n  blacklisted-9@amazon.it\n")  # fmt: skip
     found = run(settings(canonical_maps="hash:/etc/postfix/canonical"), host)
-    assert [f.parameter for f in found] == ["canonical_maps"]
+    assert [f.parameter for f in found] == ["canonical_maps", "canonical_maps"]
+    assert "q7x@marketplace.amazon.de (entry sales@shop.test)" in found[0].text
+    assert "blacklisted-9@amazon.it (entry info@shop.test)" in found[1].text
+
+
+def test_domain_wide_virtual_alias_to_a_relay_domain() -> None:
+    host = clean_host()
+    host.tables["hash:/etc/postfix/virtual"] = {"@orders.shop.test": "@marketplace.amazon.fr"}
+    found = run(settings(virtual_alias_maps="hash:/etc/postfix/virtual"), host)
+    assert [f.parameter for f in found] == ["virtual_alias_maps"] and "@marketplace.amazon.fr" in found[0].text
 
 
 def test_aliases_and_include_files() -> None:
