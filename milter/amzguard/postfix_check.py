@@ -128,7 +128,7 @@ def compat_major(level: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
-    """What amzguard's own config says Postfix must be wired to (see ``Wiring.from_config`` in the CLI)."""
+    """What amzguard's own config says Postfix must be wired to (built by postfix_probe.wiring_from_config)."""
 
     socket: str
     """libmilter spec (``milter.socket``): ``unix:/path``, ``inet:PORT@HOST``, ``inet6:PORT@HOST``."""

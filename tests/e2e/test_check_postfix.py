@@ -113,6 +113,7 @@ def case() -> Iterator[Case]:
         "milter": {"socket": f"unix:{postfix.queue_dir}/amzguard/amzguard.sock"},
         "channels": {"review": {"enabled": True, "token_file": str(token)}},
         "store": {"path": str(workdir / "store" / "amzguard.sqlite")},
+        "metrics": {"listen": "127.0.0.1:0"},  # tests run side by side: any free port
     }))  # fmt: skip
     config.chmod(0o644)
     found = Case(workdir, postfix, config)
