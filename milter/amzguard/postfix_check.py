@@ -389,6 +389,11 @@ def check_milters(pf: PostfixSettings, wiring: Wiring, report: _Report) -> None:
                        f"no_milters: {what} through this service is never seen by amzguard; remove it unless"
                        " this service only takes mail back from a content filter that already passed amzguard")  # fmt: skip
         _check_milter_list(pf, _MilterContext(parameter, service, what, target, wiring.socket), report)
+    # receive_override_options is read by the receiving service: pickup(8) for sendmail(1) mail.
+    for service in pf.by_program("pickup"):
+        if "no_milters" in split_list(service.overrides.get("receive_override_options", "")):
+            report.add(Severity.ERROR, f"receive_override_options (master.cf {service.key} -o)",
+                       "no_milters: mail submitted with sendmail(1) is never seen by amzguard; remove it")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

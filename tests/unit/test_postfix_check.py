@@ -315,6 +315,12 @@ def test_no_milters_override() -> None:
     assert [(f.severity, f.parameter) for f in found] == [
         (Severity.WARNING, "receive_override_options (master.cf smtp/inet -o)")
     ]
+    pf = settings()
+    pickup = Service("pickup", "unix", "y", "pickup", {"receive_override_options": "no_header_body_checks,no_milters"})
+    found = run(replace(pf, services=(*pf.services, pickup)))
+    assert [(f.severity, f.parameter) for f in found] == [
+        (Severity.ERROR, "receive_override_options (master.cf pickup/unix -o)")
+    ]
 
 
 @pytest.mark.parametrize(("action", "severity"), [("accept", Severity.ERROR), ("reject", Severity.WARNING),
