@@ -43,6 +43,9 @@ MAPPING_PARAMETERS: tuple[tuple[str, str], ...] = (
     ("recipient_bcc_maps", "adds a blind copy to"),
     ("sender_bcc_maps", "adds a blind copy to"),
     ("alias_maps", "delivers a local alias to"),
+    # generic(5) rewrites envelope and header addresses in the SMTP client, after routing: a relayhost
+    # then delivers to the rewritten recipient.
+    ("smtp_generic_maps", "rewrites an outgoing address to"),
 )
 DEFAULT_ACTIONS = frozenset({"accept", "reject", "tempfail", "quarantine"})
 REVIEW_PROBE_VALUE = "review x"

@@ -447,6 +447,13 @@ def test_aliases_and_include_files() -> None:
     assert [f.parameter for f in found] == ["alias_maps"] and "blacklisted-77@amazon.de" in found[0].text
 
 
+def test_generic_map_to_a_buyer() -> None:
+    host = clean_host()
+    host.tables["inline:{ orders@shop.local=q7x@marketplace.amazon.se }"] = {"orders@shop.local": "q7x@marketplace.amazon.se"}
+    found = run(settings(smtp_generic_maps="inline:{ orders@shop.local=q7x@marketplace.amazon.se }"), host)
+    assert [f.parameter for f in found] == ["smtp_generic_maps"] and "rewrites an outgoing address" in found[0].text
+
+
 def test_always_bcc_to_a_buyer() -> None:
     found = run(settings(always_bcc="q7x@Marketplace.Amazon.DE"))
     assert [f.parameter for f in found] == ["always_bcc"]
