@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amzguard.postfix_check import split_list, transport_lookup
+from amzguard.postfix_check import transport_lookup
 from amzguard.postfix_probe import SystemHost, read_postfix_settings
+from amzguard.postfix_syntax import split_list
 from tests.e2e.harness import POSTCONF, PostfixInstance, make_workdir
 from tests.support.milter_process import MilterProcess
 

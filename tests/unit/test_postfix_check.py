@@ -15,7 +15,6 @@ from amzguard.address import BuyerPatterns
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
 from amzguard.policy import MixedRecipients, Reason
 from amzguard.postfix_check import (
-    Endpoint,
     Finding,
     MapError,
     PostfixSettings,
@@ -23,6 +22,11 @@ from amzguard.postfix_check import (
     Severity,
     Wiring,
     check_postfix,
+    stand_in_addresses,
+)
+from amzguard.postfix_probe import mode_permits
+from amzguard.postfix_syntax import (
+    Endpoint,
     inet_meets,
     libmilter_endpoint,
     parse_milter_list,
@@ -31,9 +35,7 @@ from amzguard.postfix_check import (
     result_addresses,
     socket_file,
     split_list,
-    stand_in_addresses,
 )
-from amzguard.postfix_probe import mode_permits
 
 QUEUE = "/var/spool/postfix"
 SOCKET = f"{QUEUE}/amzguard/amzguard.sock"
