@@ -18,10 +18,10 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from email.utils import getaddresses
 from enum import StrEnum
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from .address import (
     Address,
@@ -100,6 +100,10 @@ class Reason(StrEnum):
     """A second review request for an order that already had one (Amazon allows one per order)."""
     NO_ORDER_ID = "no-order-id"
     """A review request without an order id, with ``missing_order_id: refuse``."""
+    UNRESOLVED_ROUTE = "unresolved-route"
+    """A buyer address in a routing form (``%``, ``!``, ``@`` in the local part) whose destination is not
+    known exactly: refused whatever channel would grant it, because amzguard cannot say which mailbox it
+    would judge (fail closed, see address.routed_forms)."""
 
 
 class MissingOrderId(StrEnum):
@@ -124,34 +128,34 @@ class ReviewChannelSettings:
     enabled: bool
     header: str
     token: bytes
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
     """Empty: any envelope sender may use the channel. Entries: ``user@domain`` or ``@domain``."""
-    one_per_order: bool = True
+    one_per_order: bool
     """Refuse a review request for an order that already had one (needs the order id and the store)."""
-    missing_order_id: MissingOrderId = MissingOrderId.ALLOW
+    missing_order_id: MissingOrderId
+
+
+# The settings classes have no defaults: the defaults are the config key table's (config_keys.py), and
+# code that builds settings by hand (tests) says what it wants or starts from config.parse_config.
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyChannelSettings:
-    """Off unless configured (the config file turns it on by default)."""
-
-    enabled: bool = False
-    check: ReplyCheck = ReplyCheck.REFERENCE
-    reference_domains: tuple[str, ...] = ()
+    enabled: bool
+    check: ReplyCheck
+    reference_domains: tuple[str, ...]
     """Message-ID domains that count as Amazon's (subdomains too); empty: the buyer relay domains."""
-    subject_prefixes: tuple[str, ...] = ()
+    subject_prefixes: tuple[str, ...]
     """If set, the subject must also start with one of these (``Re:``, ``AW:``), any letter case."""
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class CriticalChannelSettings:
-    """Off unless configured (the config file turns it on by default)."""
-
-    enabled: bool = False
-    marker: str = "[Important]"
+    enabled: bool
+    marker: str
     """Must appear in the subject, anywhere, in any letter case, brackets included."""
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +163,12 @@ class PolicySettings:
     buyers: BuyerPatterns
     review: ReviewChannelSettings
     reply_text: str
-    mixed_recipients: MixedRecipients = MixedRecipients.BOUNCE
-    bounce_domain: str = "amzguard.invalid"
-    mode: Mode = Mode.ENFORCE
-    reply: ReplyChannelSettings = ReplyChannelSettings()
-    critical: CriticalChannelSettings = CriticalChannelSettings()
-    reason_texts: tuple[tuple[Reason, str], ...] = ()
+    mixed_recipients: MixedRecipients
+    bounce_domain: str
+    mode: Mode
+    reply: ReplyChannelSettings
+    critical: CriticalChannelSettings
+    reason_texts: tuple[tuple[Reason, str], ...]
     """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
 
     def text_for(self, reason: Reason) -> str:
@@ -288,6 +292,8 @@ class ReviewChannel:
     settings: ReviewChannelSettings
     marked_prefixes: tuple[str, ...] = ()
     channel: Channel = Channel.REVIEW
+    vetoes: ClassVar[tuple[Reason, ...]] = (Reason.OPTED_OUT, Reason.DUPLICATE_REVIEW, Reason.NO_ORDER_ID)
+    """Every reason ``veto`` can return (the metrics create exactly these series)."""
 
     def headers(self) -> tuple[str, ...]:
         if not self.settings.enabled:
@@ -361,6 +367,7 @@ class ReplyChannel:
     settings: ReplyChannelSettings
     buyers: BuyerPatterns
     channel: Channel = Channel.REPLY
+    vetoes: ClassVar[tuple[Reason, ...]] = ()
 
     def headers(self) -> tuple[str, ...]:
         if not self.settings.enabled:
@@ -413,6 +420,7 @@ class CriticalChannel:
 
     settings: CriticalChannelSettings
     channel: Channel = Channel.CRITICAL
+    vetoes: ClassVar[tuple[Reason, ...]] = ()
 
     def headers(self) -> tuple[str, ...]:
         return ("subject",) if self.settings.enabled else ()
@@ -427,6 +435,39 @@ class CriticalChannel:
 
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
         return None
+
+
+CHANNEL_RULES: tuple[type, ...] = (ReviewChannel, ReplyChannel, CriticalChannel)
+"""The rule classes ``Policy.from_settings`` builds, in the order they are asked."""
+
+
+def _rule_channel(rule: type) -> Channel:
+    return next(f.default for f in fields(rule) if f.name == "channel")  # type: ignore[return-value]
+
+
+def possible_decisions(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[tuple[Outcome, Reason, Channel], ...]:
+    """Every (outcome, reason, channel) that ``Policy.decide`` and ``decide_at_rcpt`` can return.
+
+    Read off the decision tree in ``Policy.decide``: a recipient that is no buyer is delivered
+    (not-buyer, no channel); a buyer no rule grants is refused (buyer-mail, no channel); a buyer a rule
+    grants is refused with one of that rule's ``vetoes``, or refused as marker-only (nothing left after
+    the marker), or delivered, marked or unmarked (channel). So a reason like opted-out appears only with
+    the channel that vetoes it. The metrics pre-create exactly these label sets; a property test checks
+    that the policy never returns anything else.
+    """
+    combos = [(Outcome.DELIVER, Reason.NOT_BUYER, Channel.NONE), (Outcome.REFUSE, Reason.BUYER_MAIL, Channel.NONE)]
+    for rule in rules:
+        channel = _rule_channel(rule)
+        combos += [(Outcome.REFUSE, veto, channel) for veto in rule.vetoes]  # type: ignore[attr-defined]
+        combos += [(Outcome.REFUSE, Reason.MARKER_ONLY, channel), (Outcome.DELIVER, Reason.CHANNEL, channel),
+                   (Outcome.DELIVER_UNMARKED, Reason.CHANNEL, channel)]  # fmt: skip
+    return tuple(combos)
+
+
+def tagged_channels(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[Channel, ...]:
+    """Channels whose rule recognises its mail by a secret (``TaggedChannelRule``): the only ones a wrong
+    secret can be counted for."""
+    return tuple(_rule_channel(rule) for rule in rules if callable(getattr(rule, "bad_token", None)))
 
 
 # --- The store's part: questions before the decision, records after it -------------------------------
@@ -561,6 +602,8 @@ class Policy:
         """
         if path is not SubmissionPath.SMTP or not recipient.is_buyer:
             return None
+        if recipient.unresolved:
+            return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         if any(rule.possible(sender) for rule in self.rules):
             return None
         return Decision(recipient, Outcome.REFUSE, Reason.BUYER_MAIL)
@@ -569,6 +612,8 @@ class Policy:
         """The final decision for one recipient at end of message."""
         if not recipient.is_buyer:
             return Decision(recipient, Outcome.DELIVER, Reason.NOT_BUYER)
+        if recipient.unresolved:
+            return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         for rule in self.rules:
             if rule.grants(facts, recipient):
                 veto = rule.veto(facts, recipient)
@@ -587,8 +632,8 @@ class Policy:
             rule.channel for rule in self.rules if isinstance(rule, TaggedChannelRule) and rule.bad_token(facts)
         )
 
-    def rcpt_reject(self, recipient: Recipient) -> Reject:
-        return Reject(refusal_text(self.settings.reply_text, [recipient]))
+    def rcpt_reject(self, recipient: Recipient, reason: Reason = Reason.BUYER_MAIL) -> Reject:
+        return Reject(refusal_text(self.settings.text_for(reason), [recipient]))
 
     def plan(
         self, facts: MessageFacts, decisions: tuple[Decision, ...], header_counts: dict[str, int]
@@ -611,7 +656,7 @@ class Reject:
 @dataclass(frozen=True, slots=True)
 class DeleteRecipient:
     address: str
-    """Exactly as the MTA passed it to the envrcpt callback."""
+    """A text that cleanup(8) internalises to the queued recipient (``Recipient.delete_forms``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,7 +677,11 @@ Change = DeleteRecipient | AddRecipient | DeleteHeader
 
 @dataclass(frozen=True, slots=True)
 class MessagePlan:
-    """What to tell the MTA at end of message: refuse it whole, or accept it with these changes."""
+    """What to tell the MTA at end of message: refuse it whole, or accept it with these changes.
+
+    A refused message still carries its header deletions: on the sendmail(1) path Postfix bounces it to
+    the sender with the original attached, and header edits requested before the REJECT are applied to
+    the queue file it bounces (measured on Postfix 3.7.11), so the review secret stays out of the bounce."""
 
     reject: Reject | None
     changes: tuple[Change, ...] = ()
@@ -679,13 +728,21 @@ def plan_message(
     settings = policy.settings
     if settings.mode is Mode.MONITOR:
         return MessagePlan(reject=None)
+    header_changes: list[Change] = []
+    for name in policy.stripped_headers():
+        # Delete from the last field backwards so the remaining indexes stay valid.
+        for index in range(header_counts.get(name.casefold(), 0), 0, -1):
+            header_changes.append(DeleteHeader(name, index))
     refused = [d for d in decisions if d.refused]
     delivered = [d for d in decisions if not d.refused]
-    if refused and (not delivered or settings.mixed_recipients is MixedRecipients.REJECT):
-        return MessagePlan(reject=Reject(grouped_refusal_text(settings, refused)))
+    # Never tell a sender that a recipient was refused unless it really is removed: a delete that Postfix
+    # cannot be shown to match (sendmail(1) path, see Recipient.delete_exact) refuses the message whole.
+    deletes_certain = all(d.recipient.delete_exact for d in refused)
+    if refused and (not delivered or settings.mixed_recipients is MixedRecipients.REJECT or not deletes_certain):
+        return MessagePlan(reject=Reject(grouped_refusal_text(settings, refused)), changes=tuple(header_changes))
     changes: list[Change] = []
     for decision in refused:
-        changes.append(DeleteRecipient(decision.recipient.raw))
+        changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
         changes.append(
             AddRecipient(
                 refusal_address(decision.recipient, decision.reason, settings.bounce_domain),
@@ -694,13 +751,12 @@ def plan_message(
         )
     for decision in delivered:
         if decision.outcome is Outcome.DELIVER_UNMARKED and decision.recipient.unmarked:
-            changes.append(DeleteRecipient(decision.recipient.raw))
+            # Where the delete is not certain (sendmail(1) path), every text that can match is deleted; a
+            # marked copy that survives (source route, canonical_maps) goes to the marked address, which is
+            # no relay address: the buyer gets only the unmarked copy (docs/recipients.md).
+            changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
             changes.append(AddRecipient(f"<{decision.recipient.unmarked}>"))
-    for name in policy.stripped_headers():
-        # Delete from the last field backwards so the remaining indexes stay valid.
-        for index in range(header_counts.get(name.casefold(), 0), 0, -1):
-            changes.append(DeleteHeader(name, index))
-    return MessagePlan(reject=None, changes=tuple(changes))
+    return MessagePlan(reject=None, changes=(*changes, *header_changes))
 
 
 def refusal_text(reply_text: str, recipients: list[Recipient]) -> str:
@@ -732,6 +788,7 @@ def grouped_refusal_text(settings: PolicySettings, refused: Iterable[Decision]) 
 __all__ = [
     "AddRecipient",
     "BuyerMessage",
+    "CHANNEL_RULES",
     "Channel",
     "ChannelRule",
     "CriticalChannel",
@@ -761,5 +818,7 @@ __all__ = [
     "TaggedChannelRule",
     "format_address",
     "plan_message",
+    "possible_decisions",
     "refusal_address",
+    "tagged_channels",
 ]

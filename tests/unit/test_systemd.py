@@ -58,7 +58,10 @@ def test_exposure_is_at_most_two(tmp_path: Path) -> None:
 def test_unit_essentials() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "User=amzguard", "ExecReload=/bin/kill -USR1 $MAINPID", "Restart=on-failure",
-                 "ReadWritePaths=-/var/spool/postfix/amzguard", "RuntimeDirectory=amzguard"):  # fmt: skip
+                 "ReadWritePaths=-/var/spool/postfix/amzguard", "RuntimeDirectory=amzguard",
+                 # stderr lines carry their priority (log_output.py, tested in test_log_targets.py) and go
+                 # on to syslog as facility mail.
+                 "SyslogLevelPrefix=yes", "SyslogFacility=mail"):  # fmt: skip
         assert line in text.splitlines(), line
 
 
