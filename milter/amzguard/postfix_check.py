@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Protocol
 
 from .address import BuyerPatterns, classify_recipient
 from .policy import MixedRecipients, Reason, refusal_address
+from .user_check import CONFIG_NEED, Finding as UserFinding, Need, UserCheckError
 from .postfix_syntax import (
     INDEXED_TABLES,
     LISTABLE_TABLES,
@@ -150,10 +150,9 @@ class Wiring:
     mixed_recipients: MixedRecipients
     tag_header: str
     review_enabled: bool
-    store_path: PurePosixPath
-    config_path: PurePosixPath | None
-    secret_files: tuple[tuple[str, PurePosixPath], ...]
-    """(config key, file) of the secrets the milter reads: review token, log hash key."""
+    needs: tuple[Need, ...]
+    """What the milter's user must be able to read and write (user_check.needs: config, secrets, store,
+    socket directory)."""
     user: str
     """The milter's user (systemd unit ``User=``, or ``--user``)."""
 
@@ -176,8 +175,9 @@ class Host(Protocol):
 
     def user_exists(self, user: str) -> bool: ...
 
-    def user_can(self, user: str, path: str, access: str) -> bool:
-        """Whether ``user`` can, at ``path``, do all of ``access`` (letters r, w, x), as the kernel says."""
+    def check_as(self, user: str, needs: list[Need]) -> list[UserFinding]:
+        """user_check.check_as: the needs ``user`` cannot meet, tried as that user; UserCheckError if it
+        cannot be tried (not root)."""
 
     def exists(self, path: str) -> bool: ...
 
@@ -471,31 +471,51 @@ def check_mappings(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Rep
 
 
 def check_files(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
-    """Checks 5 and 6: what the milter's user must reach, and the `optout learn` pipe service."""
-    _check_user_files(wiring.user, "the milter's user", wiring, wiring.config_path, host, report, secrets=True)
-    _check_socket_files(pf, wiring, host, report)
+    """Checks 5 and 6: what the milter's user must reach (the needs of ``check-config --user``, tried as
+    that user), Postfix's access to the socket, and the `optout learn` pipe service."""
+    _check_user(wiring.user, "the milter's user", wiring.needs, host, report)
+    _check_socket_access(pf, wiring, host, report)
     _check_optout_pipe(pf, wiring, host, report)
 
 
-def _check_socket_files(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
+# What to do about a need the user cannot meet, by the kind of access (user_check.Need.access).
+_FIXES = {
+    "read": "give it a group of {user} and chmod 0640 (never o+r: it may hold secrets)",
+    "write": "chown it to {user} (install -d -o {user} -m 0770 {path})",
+    "read-write": "chown it to {user}",
+    "connect": "give the socket the group {user} (setgid socket directory, systemd/amzguard.tmpfiles) and"
+    " milter.socket_mode '0660'",
+}
+
+
+def _check_user(user: str, who: str, needs: tuple[Need, ...], host: Host, report: _Report) -> None:
+    if not host.user_exists(user):
+        report.add(Severity.ERROR, "user", f"{who} {user} does not exist; create it (systemd/amzguard.sysusers) or"
+                   " name the right one with --user")  # fmt: skip
+        return
+    try:
+        found = host.check_as(user, list(needs))
+    except UserCheckError as exc:
+        report.add(Severity.WARNING, "user", f"cannot check files as {who} {user}: {exc}; run check-postfix as root")
+        return
+    for finding in found:
+        need = finding.need
+        fix = _FIXES.get(need.access, "").format(user=user, path=need.path)
+        severity = Severity.ERROR if finding.fatal else Severity.WARNING
+        report.add(severity, need.what, f"{who} {user} {finding.problem}: {need.path}; {fix}")
+
+
+def _check_socket_access(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
+    """Postfix's smtpd and cleanup connect as mail_owner, which needs write permission on the socket (and
+    search permission on its directories); only checkable while amzguard runs and the socket exists."""
     target = libmilter_endpoint(wiring.socket)
-    if target is None or target.kind != "unix":
+    if target is None or target.kind != "unix" or not host.exists(target.path):
         return
-    directory = posixpath.dirname(target.path)
-    if not host.exists(directory):
-        report.add(Severity.ERROR, "milter.socket", f"the socket's directory {directory} does not exist; create"
-                   f" it for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
-        return
-    if host.user_exists(wiring.user) and not host.user_can(wiring.user, directory, "wx"):
-        report.add(Severity.ERROR, "milter.socket", f"{wiring.user} cannot create the socket in {directory};"
-                   f" make it writable for {wiring.user} (systemd/amzguard.tmpfiles)")  # fmt: skip
-    # Postfix's smtpd and cleanup connect as mail_owner; connecting to a unix socket needs write permission
-    # on it. Only checkable while amzguard runs (the socket exists then).
     owner = pf.params.get("mail_owner", "postfix") or "postfix"
-    if host.exists(target.path) and host.user_exists(owner) and not host.user_can(owner, target.path, "w"):
-        report.add(Severity.ERROR, "milter.socket_mode", f"Postfix's mail_owner {owner} cannot connect to"
-                   f" {target.path}, so every message gets milter_default_action; give the socket the group"
-                   f" {owner} (setgid socket directory, systemd/amzguard.tmpfiles) and milter.socket_mode '0660'")  # fmt: skip
+    if not host.user_exists(owner):
+        return  # Postfix itself refuses to start without it: `postfix check` says so
+    need = Need("milter.socket", target.path, "connect")
+    _check_user(owner, "Postfix's mail_owner", (need,), host, report)
 
 
 def _check_optout_pipe(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:
@@ -519,40 +539,12 @@ def _check_optout_pipe(pf: PostfixSettings, wiring: Wiring, host: Host, report: 
         if not user:
             report.add(Severity.ERROR, where, "pipe needs user=; use the milter's user")
             continue
-        config = PurePosixPath(path) if (path := config_arg(argv)) else wiring.config_path
         user = user.split(":")[0]
-        if (user, config) != (wiring.user, wiring.config_path):  # else checked above already
-            _check_user_files(user, f"the pipe user of {service.key}", wiring, config, host, report, secrets=False)
-
-
-def _check_user_files(
-    user: str, who: str, wiring: Wiring, config: PurePosixPath | None, host: Host, report: _Report, secrets: bool
-) -> None:
-    if not host.user_exists(user):
-        report.add(Severity.ERROR, "user", f"{who} {user} does not exist; create it (systemd/amzguard.sysusers) or"
-                   " name the right one with --user")  # fmt: skip
-        return
-    if config is not None and not host.user_can(user, str(config), "r"):
-        report.add(Severity.ERROR, str(config), f"{who} {user} cannot read the config file; give it a group of"
-                   f" {user} and chmod g+r (it may hold secrets: not o+r)")  # fmt: skip
-    directory = str(wiring.store_path.parent)
-    if not host.exists(directory):
-        report.add(Severity.ERROR, "store.path", f"the store's directory {directory} does not exist; create it"
-                   f" writable for {user}: install -d -o {user} -g {user} -m 0770 {directory}")  # fmt: skip
-    elif not host.user_can(user, directory, "wx"):
-        report.add(Severity.ERROR, "store.path", f"{who} {user} cannot create files in the store's directory"
-                   f" {directory} (SQLite writes its journal there); chown or chmod it for {user}")  # fmt: skip
-    elif host.exists(str(wiring.store_path)) and not host.user_can(user, str(wiring.store_path), "rw"):
-        report.add(Severity.ERROR, "store.path", f"{who} {user} cannot read and write the store {wiring.store_path};"
-                   f" chown it to {user}")  # fmt: skip
-    if not secrets:
-        return
-    for key, path in wiring.secret_files:
-        if not host.exists(str(path)):
-            report.add(Severity.ERROR, key, f"{path} does not exist; create it (see etc/amzguard.yml)")
-        elif not host.user_can(user, str(path), "r"):
-            report.add(Severity.ERROR, key, f"{who} {user} cannot read {path}; give it a group of {user} and"
-                       " chmod 0640")  # fmt: skip
+        # optout learn loads the whole config (secrets included): the same needs, with the config it names.
+        config = config_arg(argv)
+        needs = tuple(replace(n, path=config) if config and n.what == CONFIG_NEED else n for n in wiring.needs)
+        if (user, needs) != (wiring.user, wiring.needs):  # else checked above already
+            _check_user(user, f"the pipe user of {service.key}", needs, host, report)
 
 
 def check_header_checks(pf: PostfixSettings, wiring: Wiring, host: Host, report: _Report) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import stat
 from dataclasses import dataclass, field, replace
-from pathlib import PurePosixPath
 
 import pytest
 from hypothesis import given
@@ -14,6 +12,8 @@ from hypothesis import strategies as st
 from amzguard.address import BuyerPatterns
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
 from amzguard.policy import MixedRecipients, Reason
+from amzguard.user_check import CONFIG_NEED, Need, UserCheckError
+from amzguard.user_check import Finding as UserFinding
 from amzguard.postfix_check import (
     Finding,
     MapError,
@@ -24,7 +24,6 @@ from amzguard.postfix_check import (
     check_postfix,
     stand_in_addresses,
 )
-from amzguard.postfix_probe import mode_permits
 from amzguard.postfix_syntax import (
     Endpoint,
     inet_meets,
@@ -51,9 +50,12 @@ WIRING = Wiring(
     mixed_recipients=MixedRecipients.BOUNCE,
     tag_header="X-Amzguard-Channel",
     review_enabled=True,
-    store_path=PurePosixPath("/var/lib/amzguard/amzguard.sqlite"),
-    config_path=PurePosixPath("/etc/amzguard/amzguard.yml"),
-    secret_files=(("channels.review.token_file", PurePosixPath("/etc/amzguard/review-token")),),
+    needs=(
+        Need(CONFIG_NEED, "/etc/amzguard/amzguard.yml", "read"),
+        Need("channels.review.token_file", "/etc/amzguard/review-token", "read"),
+        Need("store.path's directory", "/var/lib/amzguard", "write", optional=True),
+        Need("milter.socket's directory", f"{QUEUE}/amzguard", "write", optional=True),
+    ),
     user="amzguard",
 )
 
@@ -67,6 +69,7 @@ class FakeHost:
     users: set[str] = field(default_factory=lambda: {"amzguard", "postfix"})
     denied: set[tuple[str, str]] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    unswitchable: set[str] = field(default_factory=set)
     executables: set[str] = field(default_factory=lambda: {AMZGUARD})
     queries: list[tuple[str, str]] = field(default_factory=list)
 
@@ -93,8 +96,17 @@ class FakeHost:
     def user_exists(self, user: str) -> bool:
         return user in self.users
 
-    def user_can(self, user: str, path: str, access: str) -> bool:
-        return (user, path) not in self.denied
+    def check_as(self, user: str, needs: list[Need]) -> list[UserFinding]:
+        """As user_check._check would answer: missing paths, then denied (user, path) pairs."""
+        if user in self.unswitchable:
+            raise UserCheckError(f"only root or {user} itself can check as {user}")
+        found = []
+        for need in needs:
+            if need.path in self.missing:
+                found.append(UserFinding(need, "finds no such directory", not need.optional))
+            elif (user, need.path) in self.denied:
+                found.append(UserFinding(need, f"cannot {need.access}", True))
+        return found
 
     def exists(self, path: str) -> bool:
         return path not in self.missing
@@ -483,19 +495,24 @@ def test_store_directory_not_writable() -> None:
     host.denied.add(("amzguard", "/var/lib/amzguard"))
     found = run(settings(), host)
     # The pipe runs as the milter's user with the same config: one line, not two.
-    assert [f.parameter for f in found] == ["store.path"]
-    assert "cannot create files in the store's directory /var/lib/amzguard" in found[0].text
+    assert [(f.severity, f.parameter) for f in found] == [(Severity.ERROR, "store.path's directory")]
+    assert found[0].text.startswith("the milter's user amzguard cannot write: /var/lib/amzguard; chown it to amzguard")
 
 
-def test_missing_and_unreadable_secrets_and_config() -> None:
+def test_missing_store_directory_is_a_warning() -> None:
+    """As for check-config --user: systemd's StateDirectory= may create it at the first start."""
     host = clean_host()
-    host.missing.add("/etc/amzguard/review-token")
-    host.denied.add(("amzguard", "/etc/amzguard/amzguard.yml"))
+    host.missing.add("/var/lib/amzguard")
     found = run(settings(), host)
-    assert [f.parameter for f in found] == ["/etc/amzguard/amzguard.yml", "channels.review.token_file"]
-    host.missing.clear()
-    host.denied = {("amzguard", "/etc/amzguard/review-token")}
-    assert [f.parameter for f in run(settings(), host)] == ["channels.review.token_file"]
+    assert [(f.severity, f.parameter) for f in found] == [(Severity.WARNING, "store.path's directory")]
+
+
+def test_unreadable_secret_and_config() -> None:
+    host = clean_host()
+    host.denied = {("amzguard", "/etc/amzguard/amzguard.yml"), ("amzguard", "/etc/amzguard/review-token")}
+    found = run(settings(), host)
+    assert [f.parameter for f in found] == [CONFIG_NEED, "channels.review.token_file"]
+    assert "chmod 0640" in found[1].text
 
 
 def test_missing_user() -> None:
@@ -504,10 +521,29 @@ def test_missing_user() -> None:
     found = run(settings(), host)
     assert [f.parameter for f in found] == ["user"]
     # A pipe running as another user is checked for that user.
+    host.users = {"amzguard", "learner"}
+    host.denied.add(("learner", "/var/lib/amzguard"))
     pf = settings()
     other = replace(pf.services[-1], command=PIPE.replace("user=amzguard", "user=learner"))
     found = run(replace(pf, services=(*pf.services[:-1], other)), host)
-    assert [f.parameter for f in found] == ["user", "user"] and "pipe user of amzguard-optout/unix learner" in found[1].text
+    assert [f.parameter for f in found] == ["store.path's directory"]
+    assert "the pipe user of amzguard-optout/unix learner cannot write" in found[0].text
+
+
+def test_pipe_config_is_checked_for_its_own_path() -> None:
+    host = clean_host()
+    host.denied.add(("amzguard", "/etc/amzguard/learn.yml"))
+    pf = settings()
+    other = replace(pf.services[-1], command=PIPE.replace("/etc/amzguard/amzguard.yml", "/etc/amzguard/learn.yml"))
+    found = run(replace(pf, services=(*pf.services[:-1], other)), host)
+    assert [f.parameter for f in found] == [CONFIG_NEED] and "/etc/amzguard/learn.yml" in found[0].text
+
+
+def test_not_root_is_a_warning() -> None:
+    host = clean_host()
+    host.unswitchable.add("amzguard")
+    found = run(settings(), host)
+    assert [(f.severity, f.parameter) for f in found] == [(Severity.WARNING, "user")]
 
 
 def test_missing_pipe_binary() -> None:
@@ -528,19 +564,15 @@ def test_no_optout_pipe_is_a_warning() -> None:
 def test_socket_directory_not_writable() -> None:
     host = clean_host()
     host.denied.add(("amzguard", f"{QUEUE}/amzguard"))
-    assert [f.parameter for f in run(settings(), host)] == ["milter.socket"]
-    host = clean_host()
-    host.missing.add(f"{QUEUE}/amzguard")
-    found = run(settings(), host)
-    assert [f.parameter for f in found] == ["milter.socket"] and "does not exist" in found[0].text
+    assert [f.parameter for f in run(settings(), host)] == ["milter.socket's directory"]
 
 
 def test_postfix_cannot_connect_to_the_socket() -> None:
     host = clean_host()
     host.denied.add(("postfix", SOCKET))
     found = run(settings(), host)
-    assert [f.parameter for f in found] == ["milter.socket_mode"]
-    assert "mail_owner postfix cannot connect" in found[0].text
+    assert [f.parameter for f in found] == ["milter.socket"]
+    assert found[0].text.startswith(f"Postfix's mail_owner postfix cannot connect: {SOCKET}; give the socket the group")
     # Only while the socket exists (amzguard running), and for the mail_owner Postfix is set to.
     host.missing.add(SOCKET)
     assert run(settings(), host) == []
@@ -549,30 +581,13 @@ def test_postfix_cannot_connect_to_the_socket() -> None:
     assert run(settings(mail_owner="mailer"), host) == []
 
 
-@pytest.mark.parametrize(
-    ("mode", "owner", "group", "uid", "gids", "access", "allowed"),
-    [
-        (stat.S_IFDIR | 0o750, 10, 20, 10, {20}, "wx", True),
-        (stat.S_IFDIR | 0o750, 10, 20, 11, {20}, "wx", False),
-        (stat.S_IFDIR | 0o770, 10, 20, 11, {20}, "wx", True),
-        (stat.S_IFREG | 0o640, 0, 20, 11, {20}, "r", True),
-        (stat.S_IFREG | 0o600, 0, 20, 11, {20}, "r", False),
-        (stat.S_IFREG | 0o604, 0, 20, 11, {21}, "r", True),
-        # The owner's bits count for the owner even when the group's would allow more.
-        (stat.S_IFREG | 0o060, 11, 20, 11, {20}, "r", False),
-    ],
-)
-def test_mode_permits(mode: int, owner: int, group: int, uid: int, gids: set[int], access: str, allowed: bool) -> None:
-    assert mode_permits(mode, owner, group, uid, gids, access) is allowed
-
-
 # ------------------------------------------------------------------ header checks (issue 13)
 
 
 def test_missing_header_check() -> None:
     found = run(settings(smtp_nested_header_checks=""))
     assert [(f.severity, f.parameter) for f in found] == [(Severity.ERROR, "smtp_nested_header_checks")]
-    off = run(settings(smtp_header_checks=""), wiring=replace(WIRING, review_enabled=False, secret_files=()))
+    off = run(settings(smtp_header_checks=""), wiring=replace(WIRING, review_enabled=False))
     assert [(f.severity, f.parameter) for f in off] == [(Severity.WARNING, "smtp_header_checks")]
 
 

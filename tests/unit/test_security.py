@@ -11,8 +11,8 @@ SOURCE = Path(__file__).resolve().parents[2] / "milter" / "amzguard"
 FILES = sorted(SOURCE.glob("*.py"))
 
 
-# check-postfix must ask Postfix's own tools (postconf, postmap) and try access as the milter's user
-# (setpriv): this one function starts them, from a fixed list, argv only (see test_probe_runs_only_its_tools).
+# check-postfix must ask Postfix's own tools (postconf, postmap): this one function starts them, from a
+# fixed list, argv only (see test_probe_runs_only_its_tools).
 SUBPROCESS_ALLOWED = {"postfix_probe.py": "_run"}
 
 
@@ -70,6 +70,6 @@ def test_probe_runs_only_its_tools() -> None:
     from amzguard import postfix_probe
 
     assert "subprocess.run" not in calls(SOURCE / "postfix_probe.py")  # only inside _run
-    assert set(postfix_probe._TOOLS) == {"postconf", "postmap", "setpriv"}
+    assert set(postfix_probe._TOOLS) == {"postconf", "postmap"}
     with pytest.raises(ValueError, match="runs only"):
         postfix_probe._run("sh", ["-c", "true"])
