@@ -540,6 +540,14 @@ class Policy:
         review = self._rule(ReviewChannel)
         return review is not None and review.tagged(facts) and find_order_id(facts.subject()) is None
 
+    def secret_to_find(self, facts: MessageFacts) -> bytes | None:
+        """The review secret, for a null-sender message (a bounce) whose body must not carry it out
+        (secret_scan.py says where such bounces come from); None for every other message."""
+        review = self._rule(ReviewChannel)
+        if review is None or not review.settings.enabled or not facts.sender.is_empty:
+            return None
+        return review.settings.token or None
+
     def read_order_id(self, facts: MessageFacts, body: bytes = b"") -> MessageFacts:
         """The facts with the order id of a tagged review request: from the subject, else the body."""
         review = self._rule(ReviewChannel)

@@ -12,7 +12,7 @@ from miltertest import constants as c
 
 from amzguard.adapter import Snapshot
 from amzguard.config import parse_config
-from amzguard.optout import OptOutStore
+from amzguard.store import SqliteStore
 from tests.support.fake_mta import LOCAL_PEER, SMTP_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
@@ -75,7 +75,7 @@ def test_a_failed_purge_affects_no_message(tmp_path: Path) -> None:
         with FakeMta(proc.socket) as mta:
             _, eom = mta.message("<shop@shop.test>", [BUYER], headers=[TAG, ("Subject", "Order 305-1234567-7654321")])
         assert eom[-1].command == c.SMFIR_ACCEPT, eom
-        assert OptOutStore(store_path).buyer_for_order("305-1234567-7654321") == BUYER_KEY
+        assert SqliteStore(store_path).buyer_for_order("305-1234567-7654321") == BUYER_KEY
         assert "store purge failed: injected purge fault; no message is affected" in proc.wait_log(
             "injected purge fault")
         url = re.search(r"metrics on (http://\S+)", proc.wait_log("metrics on http://")).group(1)
