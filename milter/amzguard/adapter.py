@@ -107,9 +107,14 @@ class Runtime:
         ACK), and Nagle holds cleanup's first packet ~40 ms, once per message. A unix socket has no Nagle."""
 
     def swap(self, config: Config) -> None:
-        self.snapshot = Snapshot.of(config, previous=self.snapshot)
+        previous = self.snapshot
+        self.snapshot = Snapshot.of(config, previous=previous)
         self.metrics.store_backend(self.snapshot.store.backend)
         check_store(self.snapshot)
+        if self.snapshot.store is not previous.store:
+            # A store the new config no longer names: its PostgreSQL pool (threads, connections) would live
+            # on unused. A message still judged on the old snapshot then gets store.on_error (tempfail).
+            previous.store.shutdown()
 
     def message_started(self) -> None:
         with self._progress_changed:

@@ -25,7 +25,7 @@ from .adapter import MILTER_ACTIONS, AmzguardMilter, Runtime
 from .config import Config
 from .metrics import Metrics
 from .service import Purger, ServiceSignals, drain, notify, reload_config, start_metrics, summary
-from .store import SchemaError
+from .store import StoreError
 
 log = logging.getLogger("amzguard")
 
@@ -128,7 +128,7 @@ def serve(
     spec = socket_spec or config.milter.socket
     try:
         runtime = Runtime(config, Metrics(), data_without_reply=unix_socket_path(spec) is not None)
-    except SchemaError as exc:
+    except StoreError as exc:  # a schema newer than this amzguard knows; a store.url psycopg cannot use
         raise ServeError(f"refusing to start: {exc}") from None
     runtime.metrics.watch_register(lambda: runtime.snapshot.store if runtime.snapshot.uses_store() else None)
     _prepare_socket_directory(spec)

@@ -103,3 +103,12 @@ def test_milter_refuses_to_start_on_a_newer_schema(tmp_path: Path, pg_cluster: P
     assert done.returncode == 1
     assert "refusing to start: postgresql: " in done.stderr
     assert "store schema 99 is newer than this amzguard knows (2); upgrade amzguard" in done.stderr
+
+
+def test_milter_refuses_to_start_on_a_store_url_libpq_cannot_read(tmp_path: Path) -> None:
+    config = tmp_path / "amzguard.yml"
+    config.write_text(f"milter:\n  socket: unix:{tmp_path}/s.sock\nchannels:\n  review:\n    enabled: true\n"
+                      "    token: t3st-review-token-7Qx9Lm2\nstore:\n  url: 'host=db dbname'\nmetrics:\n  enabled: false\n")
+    done = amzguard(config, "run")
+    assert done.returncode == 1
+    assert "refusing to start: store.url: not a libpq connection string" in done.stderr, done.stderr
