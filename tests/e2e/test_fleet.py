@@ -10,6 +10,7 @@ Every address, order id and notice is made up.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +23,8 @@ from amzguard.policy import Reason
 from amzguard.store import open_location
 from tests.e2e.conftest import REVIEW_SENDER, Stack, start_stack, stop_stack
 from tests.e2e.harness import SmtpResult, make_message, unique_token
-from tests.e2e.test_optout import (
-    LEARN_ADDRESS, NOTICES, PIPE_SERVICE, _system_python_can_run_amzguard, subject_of,
-)  # fmt: skip
+from tests.e2e.test_optout import LEARN_ADDRESS, NOTICES, PIPE_SERVICE, _system_python_can_run_amzguard, subject_of
+from tests.support.installed_copy import SYSTEM_PYTHON, install_world_readable
 from tests.support.milter_process import REVIEW_TOKEN
 from tests.support.postgres import PostgresCluster, wait_until
 
@@ -48,14 +48,17 @@ def _learn_config(url: str) -> object:
     def prepare(workdir: Path) -> None:
         # The pipe (user nobody, Debian's python3-psycopg) writes to the same database as both milters.
         (workdir / "learn.yml").write_text(f"store:\n  url: '{url}'\n")
+        install_world_readable(workdir / "pipe")
 
     return prepare
 
 
 @pytest.fixture(scope="module")
 def fleet(pg_cluster: PostgresCluster) -> Iterator[Fleet]:
-    if not _system_python_can_run_amzguard():
-        pytest.skip("/usr/bin/python3 with PyYAML is needed to run `optout learn` as the pipe user")
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import psycopg, psycopg_pool"], capture_output=True)
+    if not _system_python_can_run_amzguard() or probe.returncode != 0:
+        pytest.fail(f"{SYSTEM_PYTHON} with PyYAML, psycopg and psycopg_pool is needed to run `optout learn` as the "
+                    "pipe user (make test installs python3-yaml, python3-psycopg, python3-psycopg-pool)")
     url = pg_cluster.socket_url(pg_cluster.new_database("fleet"))
     store = open_location(url)
     store.migrate()  # amzguard store init, once for the fleet
