@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The oracle test's one line per run (cases per path, what it found), pass or fail."""
+    from tests.e2e.oracle import SUMMARIES
+
+    for line in SUMMARIES:
+        terminalreporter.write_line(line)
+
+
 @dataclass
 class Stack:
     """Postfix plus amzguard, as an admin would wire them (shipped transport map included)."""
@@ -44,11 +52,12 @@ def start_stack(
     prepare: Callable[[Path], None] | None = None,
     transport_maps: str = "",
     extra_master_cf: str = "",
+    extra_main_cf: Mapping[str, str] | None = None,
     **sections: object,
 ) -> Stack:
     """``sections`` go into the amzguard config; ``prepare(workdir)`` runs before anything starts;
     ``transport_maps`` are listed after the shipped map; ``extra_master_cf`` adds Postfix services
-    (``{workdir}`` in it is replaced by the stack's directory)."""
+    (``{workdir}`` in it is replaced by the stack's directory); ``extra_main_cf`` overrides main.cf."""
     workdir = make_workdir(f"amzguard-{name}-")
     if prepare is not None:
         prepare(workdir)
@@ -58,7 +67,7 @@ def start_stack(
     milter = MilterProcess(config, socket, workdir / "amzguard.log", group="postfix").start()
     (workdir / "postfix").mkdir(mode=0o755)
     maps = ", ".join(filter(None, [f"regexp:{TRANSPORT_MAP}", transport_maps]))
-    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps,
+    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps, extra_main_cf=extra_main_cf,
                               extra_master_cf=extra_master_cf.replace("{workdir}", str(workdir)))  # fmt: skip
     try:
         postfix.start()
