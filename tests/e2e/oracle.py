@@ -52,6 +52,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.harness import LOCAL_USERS, PostfixInstance, Sink, parse_bounce
+from tests.e2e.sendmail_harness import SendmailInstance
 from tests.support.milter_process import REVIEW_TOKEN
 from tests.support.spellings import (
     MARKER,
@@ -142,6 +143,12 @@ def is_relay_domain(domain: str) -> bool:
 def is_buyer(address: str) -> bool:
     local, domain = split_address(address)
     return is_relay_domain(domain) or local.casefold().startswith(MARKER)
+
+
+def canonical(address: str) -> str:
+    """The address as one string to compare: quoting gone, case-folded (``"a\\b"@X`` == ``ab@x``)."""
+    local, domain = split_address(address)
+    return f"{local}@{domain}".casefold()
 
 
 def unmarked(address: str) -> str:
@@ -604,8 +611,8 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
 
     oracle_buyers = [d for d in oracle.delivered if is_buyer(d.rcpt)]
     expected = {unmarked(d.rcpt) for d in oracle_buyers}
-    buyer_got = [d for d in subject.delivered if is_buyer(d.rcpt) or d.rcpt.casefold() in expected]
-    others_got = {d.rcpt.casefold() for d in subject.delivered if d not in buyer_got}
+    buyer_got = [d for d in subject.delivered if is_buyer(d.rcpt) or canonical(d.rcpt) in expected]
+    others_got = {canonical(d.rcpt) for d in subject.delivered if d not in buyer_got}
     if buyer_got and not case.tagged:
         add("leak", "a buyer got it, and no channel granted it")
     elif any(buyer_id(d.rcpt) in opted_out for d in buyer_got):
@@ -613,7 +620,7 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
     elif buyer_got and order_delivered:
         add("one-per-order", "a second request for the order reached a buyer")
     elif buyer_got:
-        wrong = [d.rcpt for d in buyer_got if d.rcpt.casefold() not in expected or is_marked(d.rcpt)]
+        wrong = [d.rcpt for d in buyer_got if canonical(d.rcpt) not in expected or is_marked(d.rcpt)]
         if wrong:
             add("wrong-mailbox", f"delivered to {wrong}, not to the routed unmarked mailbox {sorted(expected)}")
         if len(buyer_got) > max(1, len(oracle_buyers)):
@@ -624,7 +631,7 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
         add("false-bounce", "the sender was told the buyer was refused, and the buyer got it")
     spelling_bounced = any(_dsn_address(f) != co for f, _o in subject.bounced)
     for d in oracle.delivered:
-        if is_buyer(d.rcpt) or d.rcpt.casefold() in others_got:
+        if is_buyer(d.rcpt) or canonical(d.rcpt) in others_got:
             continue
         is_co = d.rcpt.casefold() == co
         if subject.submitted.refused(co=is_co) or subject.bounce_names(d.rcpt) or (spelling_bounced and not is_co):
@@ -633,7 +640,7 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
             continue
         add("lost-copy", f"<{d.rcpt}> ({'co-recipient' if is_co else 'where the MTA routes the spelling'}) "
                          "got nothing and nobody was told")  # fmt: skip
-    if case.control and len([d for d in buyer_got if d.rcpt.casefold() in expected]) != 1:
+    if case.control and len([d for d in buyer_got if canonical(d.rcpt) in expected]) != 1:
         add("control", f"a plain review request must arrive exactly once at {sorted(expected)}")
     may_get = case.tagged and not order_delivered and not any(buyer_id(d.rcpt) in opted_out for d in oracle_buyers)
     if may_get and oracle_buyers and not buyer_got:
@@ -707,3 +714,38 @@ def register_opt_outs(config: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "amzguard", "optout", "add", "-c", str(config),
                            *(m.address for m in OPTED_OUT)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+class SendmailTarget(Target):
+    """The private Sendmail of sendmail_harness.py: everything it relays or bounces ends in its sink (the
+    shop's domain is not local there, so DSNs to the shop's senders are relayed too)."""
+
+    co_recipient = "partner@example.org"
+
+    def __init__(self, name: str, sendmail: SendmailInstance, sink: Sink) -> None:
+        self.name = name
+        self.sendmail = sendmail
+        self.sink = sink
+
+    def submit(self, path: str, cases: Sequence[tuple[int, Case]]) -> dict[int, Submitted]:
+        assert path == "smtp", "every submission reaches Sendmail's milter over SMTP"
+        return smtp_batch(self.sendmail.port, cases, self.co_recipient, path)
+
+    def drain(self, timeout: float) -> list[str]:
+        left = wait_settled(self.sendmail.queue, timeout)  # type: ignore[arg-type]
+        queue = self.sendmail.workdir / "queue"
+        stuck = []
+        for name in left:
+            qf = queue / str(name)
+            with contextlib.suppress(OSError):
+                head = [ln for ln in qf.read_text(errors="replace").splitlines() if ln.startswith(("R", "H??Subject"))]
+                stuck.append(f"{name}: {' | '.join(head)[:300]}")
+        for p in queue.iterdir():
+            with contextlib.suppress(OSError):
+                p.unlink()
+        return stuck
+
+    def collect(self, subjects: dict[str, int]) -> Collected:
+        into = Collected()
+        read_sink(self.sink, subjects, into)
+        return into

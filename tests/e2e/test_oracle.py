@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.conftest import REVIEW_SENDER_CHANNELS, TRANSPORT_MAP, Stack, start_stack, stop_stack
-from tests.e2e.harness import PostfixInstance, make_workdir
+from tests.e2e.harness import KEEP_ENV, PostfixInstance, make_workdir
 from tests.e2e.oracle import (
     OPTED_OUT,
     SUMMARIES,
@@ -87,6 +87,8 @@ def pair() -> Iterator[Pair]:
         register_opt_outs(stack.workdir / "amzguard.yml")
         yield Pair(PostfixTarget("postfix alone", oracle), PostfixTarget("postfix+amzguard", stack.postfix), stack)
     finally:
+        if os.environ.get(KEEP_ENV) == "1":  # the milter's decision lines, for reading a failure
+            shutil.copy(stack.milter.log, workdir.with_name(workdir.name + "-amzguard.log"))
         try:
             stop_stack(stack)
         finally:

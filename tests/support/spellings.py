@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from hypothesis import strategies as st
@@ -324,7 +324,3 @@ def plain(mailbox: Mailbox) -> Spelling:
     """The mailbox written as it is (the control every run needs: it must behave as documented)."""
     return Spelling(text=mailbox.address, mailbox=mailbox)
 
-
-def with_text(spelling: Spelling, text: str, form: str) -> Spelling:
-    """A hand-written variant of a spelling (the issue's fixed examples), keeping its mailbox."""
-    return replace(spelling, text=text, forms=(*spelling.forms, form))
