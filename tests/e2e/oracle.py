@@ -36,6 +36,7 @@ import email
 import email.message
 import email.utils
 import json
+import os
 import random
 import smtplib
 import subprocess
@@ -282,6 +283,23 @@ def concat(*groups: Sequence[Plan]) -> list[Plan]:
         out += [p if p.repeat_of is None else Plan(p.spelling, p.kind, p.co_recipient, p.repeat_of + base)
                 for p in group]  # fmt: skip
     return out
+
+
+CASES = int(os.environ.get("ORACLE_CASES", "150"))
+"""Generated first requests per path: 150 in ``make test`` (about 180 cases with the fixed ones and the
+repeats), 5000 in ``make soak``."""
+SEED = os.environ.get("ORACLE_SEED")
+"""Unset: derandomised hypothesis draws; set: the seeded generator (long runs)."""
+
+
+def planned(ctx: Context, fixed: Sequence[Plan]) -> list[Plan]:
+    """What one run sends: the controls, ``fixed`` (the issue's examples), then the generated cases."""
+    generated = seeded_plans(ctx, CASES, int(SEED)) if SEED else hypothesis_plans(ctx, CASES)
+    return concat(controls(), fixed, generated)
+
+
+def run_label(target: str) -> str:
+    return target + (f" seed {SEED}" if SEED else "")
 
 
 def controls() -> list[Plan]:
