@@ -593,6 +593,8 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     over_refused: Counter[str] = field(default_factory=Counter)
+    refusals: list[Violation] = field(default_factory=list)
+    """The over-refused cases themselves (allowed, listed for reading)."""
     seconds: float = 0.0
 
     @property
@@ -612,7 +614,15 @@ class Report:
         if len(self.violations) > limit:
             lines.append(f"... and {len(self.violations) - limit} more")
         lines += [f"[stuck] {s}" for s in self.stuck[:20]]
+        lines += [f"(allowed) {v.line()}" for v in self.refusals[:limit]]
         return "\n".join(lines)
+
+    def publish(self) -> None:
+        """The summary line for the end of the run; with ORACLE_REPORT=FILE also every detail, pass or fail."""
+        SUMMARIES.append(self.summary())
+        if os.environ.get("ORACLE_REPORT"):
+            with open(os.environ["ORACLE_REPORT"], "a", encoding="utf-8") as out:
+                out.write(self.details(limit=100000) + "\n")
 
 
 def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, opted_out: frozenset[str],
@@ -655,6 +665,8 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
         if subject.submitted.refused(co=is_co) or subject.bounce_names(d.rcpt) or (spelling_bounced and not is_co):
             if not is_co:
                 report.over_refused["non-buyer routed mailbox refused"] += 1
+                report.refusals.append(Violation("refused-non-buyer", path, case, f"<{d.rcpt}>; with amzguard: "
+                                                 f"{subject.what()}"))  # fmt: skip
             continue
         add("lost-copy", f"<{d.rcpt}> ({'co-recipient' if is_co else 'where the MTA routes the spelling'}) "
                          "got nothing and nobody was told")  # fmt: skip
@@ -663,6 +675,8 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
     may_get = case.tagged and not order_delivered and not any(buyer_id(d.rcpt) in opted_out for d in oracle_buyers)
     if may_get and oracle_buyers and not buyer_got:
         report.over_refused["granted review request refused"] += 1
+        report.refusals.append(Violation("refused-granted", path, case, f"MTA alone: {oracle.what()} | with "
+                                         f"amzguard: {subject.what()}"))  # fmt: skip
     return buyer_got
 
 

@@ -21,7 +21,6 @@ from tests.e2e.conftest import REVIEW_SENDER_CHANNELS
 from tests.e2e.harness import Sink, unique_token
 from tests.e2e.oracle import (
     OPTED_OUT,
-    SUMMARIES,
     Report,
     SendmailTarget,
     fixed_plans,
@@ -93,7 +92,7 @@ def pair() -> Iterator[Pair]:
 def test_sendmail_routes_no_ungranted_mail_to_a_buyer(pair: Pair) -> None:
     report = Report(run_label("sendmail smtp"))
     run_path(pair.oracle, pair.subject, "smtp", planned(CONTEXT, ISSUE_16), report, opted_out_ids())
-    SUMMARIES.append(report.summary())
+    report.publish()
     for milter in pair.milters:
         assert milter.alive(), milter.log_text()[-3000:]
     assert not report.failed, report.details()
