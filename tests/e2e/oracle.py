@@ -20,9 +20,11 @@ rules (see :func:`judge`):
 * ``control``: a plainly spelt granted review request did not arrive exactly once (so the test cannot pass
   by refusing everything).
 
-Granted cases are only the tagged review requests (valid secret, order id in the subject, buyer not opted
-out, first request for the order); plain order mail from the shop sender, untagged or wrongly tagged mail
-from the review sender, and requests to opted-out buyers are ungranted.
+Only tagged review requests (valid secret, order id in the subject) may reach a buyer, and only a buyer the
+MTA routes them to who is not in the opt-out register, for an order that has not reached a buyer yet; plain
+order mail from the shop sender and untagged or wrongly tagged mail from the review sender never may. The
+mailbox a spelling was built around plays no part in that: ``sendmail -t`` may split a spelling into
+several header addresses, a routing form may lead elsewhere.
 
 Cases are batched: one SMTP session carries up to :data:`SESSION_CASES` transactions, the queue is drained
 once per phase, and messages are matched by their unique subject. Second requests for an order are sent in
@@ -100,7 +102,9 @@ buyer."""
 TAGGED = frozenset({"review", "repeat", "opted-out"})
 
 
-# --------------------------------------------------------------------------- addresses (independent reading)
+# --------------------------------------------------------------------------- addresses
+# Deliberately not amzguard's parser (address.py): the test must not share the code it checks. These read
+# only final recipients, which the MTA writes canonically.
 
 
 def split_address(text: str) -> tuple[str, str]:
