@@ -74,7 +74,7 @@ def pair() -> Iterator[Pair]:
     oracle = PostfixInstance(workdir, extra_main_cf=MAIN_CF, extra_master_cf=LOCAL_SERVICE)
     oracle.start()
     try:
-        stack = start_stack("oracle", channels=REVIEW_SENDER_CHANNELS, extra_main_cf=MAIN_CF,
+        stack = start_stack("oracle", channels=REVIEW_SENDER_CHANNELS, main_cf=MAIN_CF,
                             extra_master_cf=LOCAL_SERVICE)  # fmt: skip
     except Exception:
         oracle.stop()
