@@ -654,8 +654,9 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
     elif buyer_got:
         wrong = [d.rcpt for d in buyer_got if canonical(d.rcpt) not in expected or is_marked(d.rcpt)]
         if wrong:
-            add("wrong-mailbox", f"delivered to {wrong}, not to the routed unmarked mailbox {sorted(expected)}")
-        if len(buyer_got) > max(1, len(oracle_buyers)):
+            add("wrong-mailbox", f"{len(buyer_got)} buyer copies, {wrong} not at the routed unmarked mailbox "
+                                 f"{sorted(expected)}")  # fmt: skip
+        elif len(buyer_got) > max(1, len(oracle_buyers)):
             add("duplicate", f"{len(buyer_got)} copies")
     about_buyer = [f for f, o in subject.bounced if is_buyer(_dsn_address(f)) or is_buyer(_dsn_address(o))
                    or _dsn_address(f).endswith(".invalid")]  # fmt: skip

@@ -24,6 +24,7 @@ from tests.e2e.conftest import REVIEW_SENDER_CHANNELS, Stack, start_stack, stop_
 from tests.e2e.harness import KEEP_ENV, PostfixInstance, make_workdir
 from tests.e2e.oracle import (
     OPTED_OUT,
+    POOL,
     PostfixTarget,
     Report,
     fixed_plans,
@@ -56,6 +57,10 @@ ISSUE_9 = fixed_plans([
     ("@a.example:q7x2k9m4p1z8w3v5@marketplace.amazon.de", _Q7X, "untagged", "issue9-3-source-route"),
     # 4: tagged requests refused as a whole (opted out): the bounce must not carry the secret
     (OPTED_OUT[0].address, OPTED_OUT[0], "opted-out", "issue9-4-opted-out"),
+    # granted requests to a marked buyer that Postfix rewrites: exactly one copy, unmarked (found by the
+    # seeded long run: the marked copy survived the delete)
+    ("@a.example:blacklisted-20@amazon.fr", POOL[1], "review", "granted-source-route"),
+    ("@localhost:blacklisted-20@AMAZON.FR.", POOL[1], "review", "granted-source-route-dot"),
 ])
 
 

@@ -21,6 +21,7 @@ from tests.e2e.conftest import REVIEW_SENDER_CHANNELS
 from tests.e2e.harness import Sink, unique_token
 from tests.e2e.oracle import (
     OPTED_OUT,
+    POOL,
     Report,
     SendmailTarget,
     fixed_plans,
@@ -43,6 +44,9 @@ ISSUE_16 = fixed_plans([
     ("x%marketplace.amazon.de%[127.0.0.1]@[127.0.0.1]", _X, "untagged", "issue16-percent-twice"),
     ('"x@marketplace.amazon.de"@[127.0.0.1]', _X, "shop", "issue16-quoted-at"),
     ('"blacklisted-77001@amazon.de"', OPTED_OUT[1], "opted-out", "issue16-quoted-marked-opted-out"),
+    # a granted request to a marked buyer whose local part is quoted: exactly one copy, unmarked (found by
+    # the seeded long run: the marked copy survived the delete)
+    ('"blacklisted-20"@amazon.fr', POOL[1], "review", "granted-quoted-marked"),
 ])
 
 
