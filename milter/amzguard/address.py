@@ -23,6 +23,7 @@ _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 # A normalised (lower-case, ASCII) DNS name with at least two labels.
 DOMAIN_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """One parsed envelope address.
@@ -214,6 +215,8 @@ def routed_forms(address: Address) -> tuple[tuple[Address, ...], bool]:
     over-approximation, so that the buyer test fails closed. Returns the forms (the address first) and
     whether the search finished within ``MAX_ROUTED_FORMS``.
     """
+    if not has_routing_syntax(address.local):  # the common case: nothing to unwrap
+        return (address,), True
     forms: dict[tuple[str, str], Address] = {(address.local, address.domain): address}
     pending = [address.local]
     while pending:
@@ -338,7 +341,11 @@ def classify_recipient(
     address = parse_address(raw)
     raw_forms, complete = routed_forms(address)
     resolved_text = _text_of(resolved)
-    if resolved_text:
+    as_written = f"{address.local}@{address.domain}"
+    if resolved_text and len(raw_forms) == 1 and resolved_text.casefold() == as_written.casefold():
+        # The common case: Postfix resolved the address to what the client wrote (one parse, not two).
+        judged, forms, unresolved = address, raw_forms, False
+    elif resolved_text:
         judged = _judged(address, parse_address(resolved_text), raw_forms)
         judged_forms, judged_complete = routed_forms(judged)
         if not has_routing_syntax(judged.local) and judged.domain:
