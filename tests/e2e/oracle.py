@@ -79,7 +79,8 @@ SESSION_CASES = 40
 before it slows a client down."""
 
 #: Every relay domain amzguard ships, read from the shipped config (the sink side classifies with it).
-RELAY_DOMAINS: tuple[str, ...] = tuple(yaml.safe_load((REPO / "etc" / "amzguard.yml").read_text())["buyers"]["relay_domains"])
+RELAY_DOMAINS: tuple[str, ...] = tuple(
+    yaml.safe_load((REPO / "etc" / "amzguard.yml").read_text())["buyers"]["relay_domains"])
 
 # Buyers used again and again, so opt-outs and one-per-order meet them under many spellings (made up).
 POOL: tuple[Mailbox, ...] = (
@@ -323,8 +324,8 @@ def assign(plans: Sequence[Plan], path: str, run: str) -> list[Case]:
     for i, p in enumerate(plans):
         order = cases[p.repeat_of].order if p.repeat_of is not None else f"{prefix}-{int(run, 16) % 10**7:07d}-{i:07d}"
         subject = f"oracle {path} {run} #{i} order {order}"
-        cases.append(Case(p.spelling, p.kind, p.co_recipient, order, subject, p.repeat_of,
-                          control=p.spelling.plain and p.kind == "review" and p.spelling.mailbox in POOL[:2]))  # fmt: skip
+        control = p.spelling.plain and p.kind == "review" and p.spelling.mailbox in POOL[:2]
+        cases.append(Case(p.spelling, p.kind, p.co_recipient, order, subject, p.repeat_of, control))
     return cases
 
 
@@ -417,7 +418,8 @@ def _subject_key(value: object) -> str:
     return " ".join(str(value or "").split())
 
 
-def _read_bounce(msg: email.message.Message, subjects: dict[str, int]) -> tuple[int | None, list[tuple[str, str]]] | None:
+def _read_bounce(msg: email.message.Message,
+                 subjects: dict[str, int]) -> tuple[int | None, list[tuple[str, str]]] | None:  # fmt: skip
     """(case, recipient blocks) when ``msg`` is a DSN; the case from the returned message's subject."""
     if msg.get_content_type() != "multipart/report":
         return None
@@ -547,7 +549,8 @@ class PostfixTarget(Target):
         if left:
             self.postfix.clear_queue()
         return [f"{e['queue_name']} {e['queue_id']} from=<{e['sender']}> to="  # type: ignore[index]
-                + ",".join(f"<{r['address']}>" for r in e["recipients"]) for e in left]  # type: ignore[index]  # fmt: skip
+                + ",".join(f"<{r['address']}>" for r in e["recipients"])  # type: ignore[index]
+                for e in left]  # fmt: skip
 
     def collect(self, subjects: dict[str, int]) -> Collected:
         into = Collected()

@@ -31,7 +31,7 @@ from tests.e2e.oracle import (
     run_label,
     run_path,
 )
-from tests.e2e.sendmail_harness import SendmailInstance, SendmailUnavailable, sendmail_root
+from tests.e2e.sendmail_harness import SendmailInstance, sendmail_root
 from tests.support.milter_process import MilterProcess, write_config
 from tests.support.spellings import Context, Mailbox
 
@@ -81,16 +81,14 @@ def sendmail_with_amzguard(name: str, **sections: object) -> Iterator[tuple[Send
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    try:
-        sendmail_root()
-    except SendmailUnavailable as exc:
-        pytest.skip(f"no private Sendmail on this machine: {exc}")
-    with sendmail_with_amzguard("oracle-monitor", mode="monitor") as (o_sendmail, o_milter, o_sink), \
-            sendmail_with_amzguard("oracle-enforce", refusal={"mixed_recipients": "reject"}) as (s_sendmail, s_milter, s_sink):  # fmt: skip
+    sendmail_root()  # unpacks the Sendmail packages once; raises (no skip) where that cannot be done
+    with contextlib.ExitStack() as stack:
+        o_sendmail, o_milter, o_sink = stack.enter_context(sendmail_with_amzguard("oracle-monitor", mode="monitor"))
+        s_sendmail, s_milter, s_sink = stack.enter_context(
+            sendmail_with_amzguard("oracle-enforce", refusal={"mixed_recipients": "reject"}))
         register_opt_outs(s_sendmail.workdir / "amzguard.yml")
         yield Pair(SendmailTarget("sendmail+amzguard (monitor)", o_sendmail, o_sink),
                    SendmailTarget("sendmail+amzguard", s_sendmail, s_sink), (o_milter, s_milter))  # fmt: skip
-
 
 
 def test_sendmail_routes_no_ungranted_mail_to_a_buyer(pair: Pair) -> None:

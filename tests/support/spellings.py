@@ -47,7 +47,8 @@ RELAY_DOMAINS: tuple[str, ...] = (
     "marketplace.amazon.com.mx",
 )
 #: Subdomains Amazon uses below a relay domain (``m.marketplace.amazon.co.jp``).
-RELAY_SUBDOMAINS: tuple[str, ...] = ("m.marketplace.amazon.co.jp", "m.marketplace.amazon.de", "mx.marketplace.amazon.fr")
+RELAY_SUBDOMAINS: tuple[str, ...] = (
+    "m.marketplace.amazon.co.jp", "m.marketplace.amazon.de", "mx.marketplace.amazon.fr")
 #: magnalister's marker; the MTA sees it in any letter case.
 MARKER = "blacklisted-"
 #: Domains magnalister writes after the marker (not relay domains: the marker alone makes them buyers).
