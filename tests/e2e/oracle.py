@@ -661,8 +661,11 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
                                  f"{sorted(expected)}")  # fmt: skip
         elif len(buyer_got) > max(1, len(oracle_buyers)):
             add("duplicate", f"{len(buyer_got)} copies")
-    about_buyer = [f for f, o in subject.bounced if is_buyer(_dsn_address(f)) or is_buyer(_dsn_address(o))
-                   or _dsn_address(f).endswith(".invalid")]  # fmt: skip
+    # A DSN the MTA alone sends too (sendmail(1) splits bla"ck"x@y into several addresses and bounces the
+    # unknown local ones) says nothing about amzguard; only a new one naming a buyer or a stand-in counts.
+    oracle_bounced = {_dsn_address(f) for f, _o in oracle.bounced}
+    about_buyer = [f for f, o in subject.bounced if _dsn_address(f) not in oracle_bounced and (
+        is_buyer(_dsn_address(f)) or is_buyer(_dsn_address(o)) or _dsn_address(f).endswith(".invalid"))]  # fmt: skip
     if buyer_got and (about_buyer or subject.submitted.refused(co=False)):
         add("false-bounce", "the sender was told the buyer was refused, and the buyer got it")
     spelling_bounced = any(_dsn_address(f) != co for f, _o in subject.bounced)
