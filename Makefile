@@ -1,6 +1,7 @@
-# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite, `make bench`
-# measures it on a real Postfix (bench/). All set up what they need on a fresh Debian machine: apt packages
-# (as root, or via sudo) and a venv.
+# amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite, `make demo`
+# shows what it decides on a throwaway Postfix (demo/; KEEP=1 keeps it running), `make bench` measures it on a
+# real Postfix (bench/), `make deb` builds the Debian package (build/, docs/install.md). All set up what they
+# need on a fresh Debian machine: apt packages (as root, or via sudo) and a venv.
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -10,13 +11,24 @@ RUN_DIR     := $(CURDIR)/var/run
 RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 
 
-# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; m4 and libwrap0 let the
-# Sendmail test build its .cf and run the sendmail binary it unpacks itself (it cannot be installed beside
-# postfix); systemd provides systemd-analyze for the unit checks.
-RUN_PACKAGES  := libmilter-dev gcc
-TEST_PACKAGES := $(RUN_PACKAGES) postfix swaks m4 libwrap0 systemd
+# libmilter-dev, gcc and python3-dev let pip compile pymilter, python3-venv makes the venv (Debian's python3
+# has no venv module without it); postfix and swaks drive the end-to-end tests and the demo; python3-yaml lets
+# the system Python run `amzguard optout learn` from a Postfix pipe as an unprivileged user (the venv may be
+# out of its reach); m4 and libwrap0 let the Sendmail test build its .cf and run the sendmail binary it unpacks
+# itself (it cannot be installed beside postfix); systemd provides systemd-analyze for the unit checks; man-db
+# and groff-base render the man pages (the tests check they render without warnings); python3-prometheus-client
+# is Debian's 0.16, on which a test checks that the _created series stay off.
+RUN_PACKAGES  := libmilter-dev gcc python3-dev python3-venv
+DEMO_PACKAGES := $(RUN_PACKAGES) postfix swaks python3-yaml
+# `make deb`: debhelper with pybuild's pyproject plugin (the same setuptools build as `pip install .`), and
+# lintian to check the result.
+DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian
+# tests/deb builds the package and installs it into a copy of this system booted with systemd-nspawn
+# (systemd-container), where it needs the Debian packages the .deb depends on.
+TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd systemd-container man-db groff-base $(DEB_PACKAGES) \
+                 python3-milter python3-prometheus-client
 
-.PHONY: run test soak bench check-config system-run system-test venv clean
+.PHONY: run test demo soak bench check-config docs deb system-run system-demo system-test system-deb venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -25,6 +37,11 @@ run: system-run $(STAMP)
 
 test: system-test $(STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# A throwaway Postfix with amzguard and the story of what it decided (demo/story.py); needs root. KEEP=1 keeps
+# it running afterwards to send own messages (it prints the swaks/sendmail lines) until Ctrl-C or SIGTERM.
+demo: system-demo $(STAMP)
+	$(VENV_PY) -m demo $(if $(filter 1 yes true,$(KEEP)),--keep) $(DEMO_ARGS)
 
 # The long soaks (the test suite runs short ones): memory and descriptors of the milter over 10,000 messages;
 # the oracle test with 5,000 seeded spellings per path on Postfix and on Sendmail (docs/testing-oracle.md).
@@ -39,8 +56,34 @@ bench: system-test $(STAMP)
 check-config: $(STAMP)
 	@for f in $$(find etc -name '*.yml' -not -path 'etc/prometheus/*'); do $(VENV)/bin/amzguard check-config -c $$f || exit 1; done
 
+# The pages generated from the config key table (milter/amzguard/config_keys.py); a test fails when the
+# committed ones are stale.
+docs: $(STAMP)
+	$(VENV_PY) -m amzguard.config_keys --man > man/amzguard.yml.5
+	$(VENV_PY) -m amzguard.config_keys --markdown > docs/configuration.md
+
+# The Debian package, built from a copy of this checkout in build/src (nothing is written into the checkout):
+# build/amzguard_<version>_all.deb. The PATH is Debian's own: pybuild runs `python3.11` from PATH and must
+# get /usr/bin's (with Debian's setuptools), not a pyenv or venv interpreter that comes first in a shell.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null)
+deb: system-deb
+	rm -rf build/src && mkdir -p build/src
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./var --exclude=.pytest_cache \
+	    --exclude=.hypothesis --exclude=__pycache__ --exclude='*.egg-info' -f - . | tar -x -C build/src
+	cd build/src && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent LC_ALL=C.UTF-8 \
+	    dpkg-buildpackage -b -us -uc --no-sign >../dpkg-buildpackage.log 2>&1 \
+	    || { tail -40 ../dpkg-buildpackage.log; exit 1; }
+	rm -rf build/src
+	@echo "built build/amzguard_$(DEB_VERSION)_all.deb"
+
+system-deb:
+	@./.ci/ensure-packages $(DEB_PACKAGES)
+
 system-run:
 	@./.ci/ensure-packages $(RUN_PACKAGES)
+
+system-demo:
+	@./.ci/ensure-packages $(DEMO_PACKAGES)
 
 system-test:
 	@./.ci/ensure-packages $(TEST_PACKAGES)

@@ -1,4 +1,11 @@
-"""Command line: ``amzguard run``, ``check-config``, ``explain`` and ``optout …`` (see optout_cli.py)."""
+"""Command line: ``amzguard run``, ``check-config``, ``check-postfix``, ``explain`` and ``optout …`` (see
+optout_cli.py).
+
+``-c FILE`` may stand before the command (``amzguard -c FILE optout list``) or after it; after it wins.
+Exit status: 0 done; 1 ``check-config --user`` found something that user cannot read or write,
+``check-postfix`` found something, or ``run`` could not serve; 2 a configuration or usage error; the
+``optout`` commands have their own (optout_cli.py).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +18,29 @@ from . import __version__, optout_cli
 from .config import Config, ConfigError, config_path_from_env, load_config
 from .log_output import configure_logging
 
+CONFIG_HELP = "config file (default: $AMZGUARD_CONFIG or /etc/amzguard/amzguard.yml)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amzguard", description="Milter that keeps a shop's MTA within Amazon's buyer-communication rules."
     )
     parser.add_argument("--version", action="version", version=f"amzguard {__version__}")
+    parser.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument(
-            "-c", "--config", metavar="FILE", help="config file (default: $AMZGUARD_CONFIG or /etc/amzguard/amzguard.yml)"
-        )
+        # SUPPRESS: a subcommand without -c leaves the value given before the command in place.
+        sub.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
         return sub
 
     run = with_config(commands.add_parser("run", help="run the milter in the foreground"))
     run.add_argument("--socket", metavar="SPEC", help="override milter.socket (unix:/path, inet:PORT@HOST)")
-    with_config(commands.add_parser("check-config", help="validate the config file and exit"))
+    check = with_config(commands.add_parser("check-config", help="validate the config file and exit"))
+    check.add_argument(
+        "--user", metavar="NAME", help="also check, as this user, that it can read the config and its secret "
+        "files and write the store (root switches to the user in a child process)",
+    )  # fmt: skip
     explain = with_config(
         commands.add_parser("explain", help="show what the config decides for a message to these addresses, and why")
     )
@@ -40,12 +53,24 @@ def _parser() -> argparse.ArgumentParser:
         "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
     )
     optout_cli.add_parser(commands, with_config)
+    doctor = with_config(
+        commands.add_parser("check-postfix", help="check Postfix's wiring to amzguard on this host (exit 1: findings)")
+    )
+    doctor.add_argument("--postfix-config", metavar="DIR", help="Postfix config directory (postconf -c DIR)")
+    doctor.add_argument("--user", metavar="NAME", help="the milter's user (default: User= of amzguard.service, amzguard)")
     return parser
+
+
+def _log_target(config: Config) -> dict[str, object]:
+    return {"target": config.logging.target, "syslog_socket": config.logging.syslog_socket,
+            "journal_socket": config.logging.journal_socket}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = config_path_from_env(args.config)
+    # Until the config names a target, warnings (a world-readable secret) go to stderr: "amzguard: warning: …"
+    configure_logging("warning", pid=False)
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -53,14 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # As a pipe(8) transport, `optout learn` must make Postfix keep the notice until the config is fixed.
         return optout_cli.EX_TEMPFAIL if getattr(args, "optout_command", None) == "learn" else 2
     if args.command == "check-config":
-        print(f"configuration OK: {path}")
-        return 0
+        return _check_config(config, path, args.user)
     if args.command == "optout":
-        logging.basicConfig(level=logging.WARNING, format="amzguard: %(message)s", stream=sys.stderr)
+        if args.optout_command == "learn" and config.logging.target != "stderr":
+            # Under a pipe transport stderr is lost when the command succeeds; syslog/journal keep the lines.
+            configure_logging(config.log_level, replace=True, pid=False, **_log_target(config))
         return optout_cli.run(args, config)
     if args.command == "explain":
         return _explain(config, args)
-    configure_logging(config.log_level)
+    if args.command == "check-postfix":
+        return _check_postfix(config, args)
+    configure_logging(config.log_level, replace=True, **_log_target(config))
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
     try:
@@ -68,6 +96,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServeError as exc:
         logging.getLogger("amzguard").error("%s", exc)
         return 1
+    return 0
+
+
+def _check_config(config: Config, path: object, user: str | None) -> int:
+    if user is None:
+        print(f"configuration OK: {path}")
+        return 0
+    from .user_check import UserCheckError, check_as, needs
+
+    try:
+        findings = check_as(user, needs(config, config.source or path))  # type: ignore[arg-type]
+    except UserCheckError as exc:
+        print(f"amzguard: check-config --user: {exc}", file=sys.stderr)
+        return 2
+    for finding in findings:
+        word = "error" if finding.fatal else "warning"
+        print(f"amzguard: {word}: {finding.text(user)}", file=sys.stderr)
+    if any(finding.fatal for finding in findings):
+        print(f"configuration valid, but not usable by user {user}: {path}")
+        return 1
+    if findings:
+        print(f"configuration OK: {path} (user {user} can read it and its secrets; the directories named "
+              "on stderr do not exist yet)")  # fmt: skip
+    else:
+        print(f"configuration OK: {path} (user {user} can read it and its secrets, and write the store)")
     return 0
 
 
@@ -84,6 +137,21 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     for line in explain(config, args.addresses, args.sender, path, headers):
         print(line)
     return 0
+
+
+def _check_postfix(config: Config, args: argparse.Namespace) -> int:
+    from .postfix_check import check_postfix
+    from .postfix_probe import ProbeError, SystemHost, read_postfix_settings, unit_user, wiring_from_config
+
+    try:
+        settings = read_postfix_settings(args.postfix_config)
+    except ProbeError as exc:
+        print(f"amzguard: fatal: cannot read Postfix's settings: {exc}", file=sys.stderr)
+        return 2
+    findings = check_postfix(settings, wiring_from_config(config, args.user or unit_user()), SystemHost(args.postfix_config))
+    for finding in findings:
+        print(finding.line())
+    return 1 if findings else 0
 
 
 if __name__ == "__main__":

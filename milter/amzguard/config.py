@@ -2,14 +2,15 @@
 
 A milter that starts on a half-understood config silently passes or refuses the wrong mail, so every key
 is checked: unknown keys, wrong types and bad values raise ``ConfigError`` naming the file, the key path and
-what was expected.
+what was expected. Defaults, checks and those texts come from the key table (config_keys.py); this module
+turns checked values into settings and does what needs the file system (secret files, relative paths).
+The settings classes have no defaults of their own, so no second default can disagree with the table.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .address import DOMAIN_NAME_RE, BuyerPatterns, normalise_domain
+from .address import BuyerPatterns, normalise_domain
+from .config_keys import BY_PATH, LISTEN_RE, RELAY_DOMAINS, Key
 from .policy import (
     CriticalChannelSettings,
     MissingOrderId,
@@ -34,38 +36,23 @@ from .privacy import AddressPrivacy, AddressStyle
 
 DEFAULT_CONFIG_PATH = Path("/etc/amzguard/amzguard.yml")
 
-# Every marketplace named in Amazon's public material; subdomains (m.marketplace.amazon.co.jp) match too.
-DEFAULT_RELAY_DOMAINS: tuple[str, ...] = tuple(
-    f"marketplace.amazon.{tld}"
-    for tld in (
-        "com", "de", "co.uk", "fr", "it", "es", "nl", "se", "pl", "com.be", "co.jp", "ca", "com.mx",
-        "in", "com.br", "com.au", "com.tr", "eg", "ae", "sa", "sg", "ie",
-    )
-)  # fmt: skip
-DEFAULT_MARKED_PREFIXES: tuple[str, ...] = ("blacklisted-",)
-DEFAULT_REPLY_TEXT = (
-    "Amazon forbids e-mail about orders or shipping to buyers; use Seller Central (refused by amzguard)"
-)
-DEFAULT_TAG_HEADER = "X-Amzguard-Channel"
+# Named defaults for code and tests that need them; the values live in the key table (config_keys.py).
+DEFAULT_RELAY_DOMAINS: tuple[str, ...] = RELAY_DOMAINS
+DEFAULT_MARKED_PREFIXES: tuple[str, ...] = BY_PATH["buyers.marked_prefixes"].default
+DEFAULT_REPLY_TEXT: str = BY_PATH["refusal.reply_text"].default
+DEFAULT_TAG_HEADER: str = BY_PATH["channels.review.header"].default
 # Keep these in line with etc/postfix/amzguard-transport.regexp (the bounce texts of the mixed case).
-DEFAULT_REASON_TEXTS: dict[Reason, str] = {
-    Reason.OPTED_OUT: "The buyer opted out of unsolicited messages; Amazon allows only replies and critical"
-    " messages (refused by amzguard)",
-    Reason.DUPLICATE_REVIEW: "This order already had its review request; Amazon allows one per order"
-    " (refused by amzguard)",
-    Reason.NO_ORDER_ID: "Review request without an Amazon order id (NNN-NNNNNNN-NNNNNNN) in subject or body"
-    " (refused by amzguard)",
-    Reason.UNRESOLVED_ROUTE: "Amazon buyer address in a routing form whose destination is not certain"
-    " (refused by amzguard)",
-}
 REASON_TEXT_KEYS: dict[Reason, str] = {
     Reason.OPTED_OUT: "opted_out_text",
     Reason.DUPLICATE_REVIEW: "duplicate_review_text",
     Reason.NO_ORDER_ID: "no_order_id_text",
     Reason.UNRESOLVED_ROUTE: "unresolved_route_text",
 }
-DEFAULT_STORE_PATH = Path("/var/lib/amzguard/amzguard.sqlite")
-DEFAULT_METRICS_LISTEN = "127.0.0.1:9925"
+DEFAULT_REASON_TEXTS: dict[Reason, str] = {
+    reason: BY_PATH[f"refusal.{key}"].default for reason, key in REASON_TEXT_KEYS.items()
+}
+DEFAULT_STORE_PATH = Path(BY_PATH["store.path"].default)
+DEFAULT_METRICS_LISTEN: str = BY_PATH["metrics.listen"].default
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +77,10 @@ class MilterSettings:
 class StoreSettings:
     """The SQLite store: opt-out register, review requests sent, buyer messages seen."""
 
-    path: Path = DEFAULT_STORE_PATH
-    on_error: str = "tempfail"
+    path: Path
+    on_error: str
     """``tempfail`` or ``continue``: what a message that needs the store gets when it cannot be read."""
-    retention_days: int = 730
+    retention_days: int
     """How long review requests and buyer messages are remembered (opt-outs are kept until removed)."""
 
 
@@ -106,36 +93,58 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str
+    target: str
+    """``stderr``, ``syslog`` or ``journal`` (log_output.py)."""
+    syslog_socket: str
+    journal_socket: str
+
+
+@dataclass(frozen=True, slots=True)
+class LearnSettings:
+    keep_unknown: Path | None
+    """Where ``optout learn`` keeps mail it could not learn from; None: logged and dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile:
+    """A secret file the running service must be able to read (``check-config --user`` checks it)."""
+
+    key: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     milter: MilterSettings
     policy: PolicySettings
-    log_level: str
-    store: StoreSettings = StoreSettings()
-    log_addresses: AddressPrivacy = AddressPrivacy()
-    metrics: MetricsSettings = MetricsSettings(enabled=False, host="127.0.0.1", port=9925)
+    logging: LoggingSettings
+    store: StoreSettings
+    log_addresses: AddressPrivacy
+    metrics: MetricsSettings
+    learn: LearnSettings
+    secret_files: tuple[SecretFile, ...] = ()
+    """The secret files this configuration read (only those of features that are on)."""
 
+    @property
+    def log_level(self) -> str:
+        return self.logging.level
 
-_SOCKET_RE = re.compile(
-    r"""^(?:
-        (?:unix|local):/.+                         # unix:/absolute/path
-      | inet:\d{1,5}@[A-Za-z0-9.\-]+              # inet:port@host
-      | inet6:\d{1,5}@[0-9A-Za-z.:\-\[\]]+         # inet6:port@host
-    )$""",
-    re.X,
-)
-_HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
-_DOMAIN_RE = DOMAIN_NAME_RE
-_SENDER_RE = re.compile(r"^[^@\s]*@[^@\s]+$")
-_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
 
 T = TypeVar("T")
 
 
 class _Section:
-    """A mapping being read; remembers its key path so every error can name it."""
+    """A mapping being read; remembers its key path so every error can name it.
 
-    def __init__(self, source: str, path: str, data: object) -> None:
+    Keys are read with ``value(name)``, which takes the default, the check and the "expected" text from the
+    key table (config_keys.py). ``seen`` collects every key path read, so a test can compare the keys the
+    parser knows with the table's.
+    """
+
+    def __init__(self, source: str, path: str, data: object, seen: set[str] | None = None) -> None:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -144,6 +153,7 @@ class _Section:
         self.path = path
         self.data: Mapping[Any, Any] = data
         self.read: set[str] = set()
+        self.seen: set[str] = set() if seen is None else seen
 
     def _name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -154,10 +164,21 @@ class _Section:
 
     def section(self, key: str) -> _Section:
         self.read.add(key)
-        return _Section(self.source, self._name(key), self.data.get(key))
+        return _Section(self.source, self._name(key), self.data.get(key), self.seen)
+
+    def given(self, key: str) -> bool:
+        """Whether the file sets ``key`` (not just leaves it to its default)."""
+        return self.data.get(key) is not None
+
+    def value(self, key: str) -> Any:
+        """The value of ``key`` checked against its table entry, or the table's default."""
+        spec: Key = BY_PATH[self._name(key)]
+        return self.get(key, spec.default, spec.expected, spec.check)
 
     def get(self, key: str, default: T, expected: str, check: Callable[[Any], bool]) -> T:
+        """Read a key with its own default and check; prefer ``value`` (the key table)."""
         self.read.add(key)
+        self.seen.add(self._name(key))
         if key not in self.data or self.data[key] is None:
             return default
         value = self.data[key]
@@ -176,54 +197,50 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _is_str(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def _is_bool(value: object) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_str_list(value: object) -> bool:
-    return isinstance(value, list) and all(_is_str(item) for item in value)
-
-
-def _printable_ascii(value: object) -> bool:
-    return isinstance(value, str) and value.isascii() and value.isprintable() and "%" not in value
+def _relative(raw: str, base: Path | None) -> Path:
+    path = Path(raw)
+    return base.parent / path if not path.is_absolute() and base is not None else path
 
 
 def _read_token(
-    review: _Section,
+    section: _Section,
     base: Path | None,
     enabled: bool,
+    secrets: list[SecretFile],
     inline_key: str = "token",
     file_key: str = "token_file",
     holds: str = "the review secret",
+    missing: str = "a secret (token or token_file) when the review channel is enabled",
 ) -> bytes:
-    """A secret given inline or in a file (the review token, the log hash key); the file is only read
-    when the feature is on, so a shipped config that names a not-yet-created file still passes
-    check-config while the feature is off."""
-    inline = review.get(inline_key, "", "a non-empty string", _is_str)
-    token_file = review.get(file_key, "", "a file path", _is_str)
-    if inline and token_file:
-        raise review.error(inline_key, f"either {inline_key} or {file_key}, not both")
-    if token_file and enabled:
-        path = Path(token_file)
-        if not path.is_absolute() and base is not None:
-            path = base.parent / path
+    """A secret given inline or in a file (the review token, the log hash key).
+
+    The file is read only when the feature is on, so a shipped config that names a not-yet-created file
+    still passes check-config while the feature is off. An inline secret wins over the default file; both
+    written in the file is an error.
+    """
+    inline = section.value(inline_key) or ""
+    token_file = section.value(file_key)
+    if inline and section.given(file_key):
+        raise section.error(inline_key, f"either {inline_key} or {file_key}, not both")
+    if enabled and not inline:
+        path = _relative(token_file, base)
         try:
-            text = path.read_text(encoding="utf-8").strip()
+            inline = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise review.error(file_key, f"a readable file ({exc.strerror}: {path})") from None
+            if section.given(file_key):
+                raise section.error(file_key, f"a readable file ({exc.strerror}: {path})") from None
+            raise section.error(inline_key, f"{missing}; default {file_key} {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise review.error(file_key, f"a UTF-8 text file ({path})") from None
-        _warn_if_world_readable(path, review._name(file_key), holds)
-        inline = text
+            raise section.error(file_key, f"a UTF-8 text file ({path})") from None
+        _warn_if_world_readable(path, section._name(file_key), holds)
+        secrets.append(SecretFile(section._name(file_key), path))
+        if not inline:
+            raise section.error(inline_key, f"{missing}; {path} is empty")
     elif inline and base is not None:
-        _warn_if_world_readable(base, f"{review._name(inline_key)} (inline secret in the config file)", holds)
+        _warn_if_world_readable(base, f"{section._name(inline_key)} (inline secret in the config file)", holds)
     token = inline.strip()
     if token and (len(token) < 16 or not token.isascii() or any(ch.isspace() for ch in token)):
-        raise review.error(inline_key, "at least 16 printable ASCII characters without spaces")
+        raise section.error(inline_key, "at least 16 printable ASCII characters without spaces")
     return token.encode("ascii")
 
 
@@ -236,50 +253,44 @@ def _warn_if_world_readable(path: Path, what: str, holds: str) -> None:
         log.warning("%s: %s is readable by every user; chmod o-r it (it holds %s)", path, what, holds)
 
 
-def _parse_mode(section: _Section, key: str, default: int) -> int:
+def _parse_mode(section: _Section, key: str) -> int:
     # A string, because YAML reads an unquoted 0660 as the octal number 432 and 660 as decimal.
-    raw = section.get(key, None, "a quoted octal mode such as '0660'", lambda v: isinstance(v, str))
-    if raw is None:
-        return default
+    raw = section.value(key)
     try:
         mode = int(raw, 8)
     except ValueError:
-        raise section.error(key, "a quoted octal mode such as '0660'", raw) from None
+        raise section.error(key, BY_PATH[section._name(key)].expected, raw) from None
     if not 0 <= mode <= 0o777 or mode & 0o002:
         raise section.error(key, "an octal mode without world write (e.g. '0660')", raw)
     return mode
 
 
 def _allowed_senders(section: _Section) -> tuple[str, ...]:
-    senders = section.get(
-        "allowed_senders",
-        [],
-        "a list of 'user@domain' or '@domain' entries",
-        lambda v: isinstance(v, list) and all(isinstance(s, str) and _SENDER_RE.match(s) for s in v),
+    return tuple(s.strip() for s in section.value("allowed_senders"))
+
+
+def _parse_review(channels: _Section, base: Path | None, secrets: list[SecretFile]) -> ReviewChannelSettings:
+    review = channels.section("review")
+    enabled = review.value("enabled")
+    settings = ReviewChannelSettings(
+        enabled=enabled,
+        header=review.value("header"),
+        token=_read_token(review, base, enabled, secrets),
+        allowed_senders=_allowed_senders(review),
+        one_per_order=review.value("one_per_order"),
+        missing_order_id=MissingOrderId(review.value("missing_order_id")),
     )
-    return tuple(s.strip() for s in senders)
+    review.done()
+    return settings
 
 
 def _parse_reply(channels: _Section) -> ReplyChannelSettings:
     reply = channels.section("reply")
-    enabled = reply.get("enabled", True, "true or false", _is_bool)
-    check = reply.get("check", ReplyCheck.REFERENCE.value, "'reference' or 'thread'",
-                      lambda v: v in {c.value for c in ReplyCheck})  # fmt: skip
-    domains = reply.get(
-        "reference_domains",
-        [],
-        "a list of domain names (empty: buyers.relay_domains)",
-        lambda v: _is_str_list(v) and all(_DOMAIN_RE.match(normalise_domain(d)) for d in v),
-    )
-    prefixes = reply.get(
-        "subject_prefixes", [], "a list of subject prefixes such as 'Re:'",
-        lambda v: _is_str_list(v) and all(_printable_ascii(p) and len(p) <= 20 for p in v),
-    )  # fmt: skip
     settings = ReplyChannelSettings(
-        enabled=enabled,
-        check=ReplyCheck(check),
-        reference_domains=tuple(normalise_domain(d) for d in domains),
-        subject_prefixes=tuple(p.strip() for p in prefixes),
+        enabled=reply.value("enabled"),
+        check=ReplyCheck(reply.value("check")),
+        reference_domains=tuple(normalise_domain(d) for d in reply.value("reference_domains")),
+        subject_prefixes=tuple(p.strip() for p in reply.value("subject_prefixes")),
         allowed_senders=_allowed_senders(reply),
     )
     reply.done()
@@ -289,11 +300,8 @@ def _parse_reply(channels: _Section) -> ReplyChannelSettings:
 def _parse_critical(channels: _Section) -> CriticalChannelSettings:
     critical = channels.section("critical")
     settings = CriticalChannelSettings(
-        enabled=critical.get("enabled", True, "true or false", _is_bool),
-        marker=critical.get(
-            "marker", "[Important]", "a subject marker of printable ASCII (max 40 characters)",
-            lambda v: _printable_ascii(v) and 0 < len(v.strip()) <= 40,
-        ).strip(),  # fmt: skip
+        enabled=critical.value("enabled"),
+        marker=critical.value("marker").strip(),
         allowed_senders=_allowed_senders(critical),
     )
     critical.done()
@@ -302,173 +310,128 @@ def _parse_critical(channels: _Section) -> CriticalChannelSettings:
 
 def _parse_store(top: _Section, base: Path | None) -> StoreSettings:
     store = top.section("store")
-    raw_path = store.get("path", str(DEFAULT_STORE_PATH), "a file path", _is_str)
-    path = Path(raw_path)
-    if not path.is_absolute() and base is not None:
-        path = base.parent / path
     settings = StoreSettings(
-        path=path,
-        on_error=store.get("on_error", "tempfail", "'tempfail' or 'continue'", lambda v: v in ("tempfail", "continue")),
-        retention_days=store.get("retention_days", 730, "an integer number of days 1..3650",
-                                 lambda v: type(v) is int and 1 <= v <= 3650),  # fmt: skip
+        path=_relative(store.value("path"), base),
+        on_error=store.value("on_error"),
+        retention_days=store.value("retention_days"),
     )
     store.done()
     return settings
 
 
+def _parse_logging(top: _Section, base: Path | None, prefixes: tuple[str, ...], secrets: list[SecretFile]
+                   ) -> tuple[LoggingSettings, AddressPrivacy]:  # fmt: skip
+    section = top.section("logging")
+    settings = LoggingSettings(
+        level=section.value("level"),
+        target=section.value("target"),
+        syslog_socket=section.value("syslog_socket"),
+        journal_socket=section.value("journal_socket"),
+    )
+    style = AddressStyle(section.value("log_addresses"))
+    hashed = style is AddressStyle.HASHED
+    key = _read_token(section, base, hashed, secrets, "hash_key", "hash_key_file", "the log hash key",
+                      "a key (hash_key or hash_key_file) when log_addresses is hashed")  # fmt: skip
+    section.done()
+    return settings, AddressPrivacy(style, key, prefixes)
+
+
+def _parse_metrics(top: _Section) -> MetricsSettings:
+    section = top.section("metrics")
+    enabled = section.value("enabled")
+    match = LISTEN_RE.match(section.value("listen"))
+    assert match is not None  # checked by the key table
+    section.done()
+    return MetricsSettings(enabled=enabled, host=match["v6"] or match["host"], port=int(match["port"]))
+
+
+def _parse_learn(top: _Section) -> LearnSettings:
+    optout = top.section("optout")
+    learn = optout.section("learn")
+    keep = learn.value("keep_unknown")
+    learn.done()
+    optout.done()
+    return LearnSettings(keep_unknown=Path(keep) if keep else None)
+
+
 def _reason_texts(refusal: _Section) -> tuple[tuple[Reason, str], ...]:
-    return tuple(
-        (
-            reason,
-            refusal.get(
-                key, DEFAULT_REASON_TEXTS[reason], "one line of printable ASCII without '%' (max 400 characters)",
-                lambda v: _printable_ascii(v) and 0 < len(v.strip()) <= 400,
-            ).strip(),
-        )
-        for reason, key in REASON_TEXT_KEYS.items()
-    )  # fmt: skip
+    return tuple((reason, refusal.value(key).strip()) for reason, key in REASON_TEXT_KEYS.items())
 
 
 def parse_config(data: object, source: str = "<config>", path: Path | None = None) -> Config:
     """Validate already-loaded YAML data into a ``Config``."""
-    top = _Section(source, "", data)
+    return _parse(data, source, path, set())
 
-    milter = top.section("milter")
-    socket = milter.get(
-        "socket",
-        "unix:/var/spool/postfix/amzguard/amzguard.sock",
-        "a libmilter socket spec (unix:/path, inet:PORT@HOST, inet6:PORT@HOST)",
-        lambda v: isinstance(v, str) and bool(_SOCKET_RE.match(v)),
-    )
-    timeout = milter.get(
-        "timeout", 600, "an integer number of seconds 1..3600", lambda v: type(v) is int and 1 <= v <= 3600
-    )
-    on_error = milter.get("on_error", "tempfail", "'tempfail' or 'accept'", lambda v: v in ("tempfail", "accept"))
-    socket_mode = _parse_mode(milter, "socket_mode", 0o660)
-    milter.done()
 
-    buyers = top.section("buyers")
-    prefixes = buyers.get(
-        "marked_prefixes",
-        list(DEFAULT_MARKED_PREFIXES),
-        "a list of ASCII local-part prefixes",
-        lambda v: _is_str_list(v) and all(p.isascii() and "@" not in p for p in v),
+def parsed_key_paths() -> set[str]:
+    """Every key path the parser reads (a test compares them with the key table)."""
+    seen: set[str] = set()
+    _parse({}, "<config>", None, seen)
+    return seen
+
+
+def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Config:
+    top = _Section(source, "", data, seen)
+    secrets: list[SecretFile] = []
+
+    milter_section = top.section("milter")
+    milter = MilterSettings(
+        socket=milter_section.value("socket"),
+        timeout=milter_section.value("timeout"),
+        on_error=milter_section.value("on_error"),
+        socket_mode=_parse_mode(milter_section, "socket_mode"),
     )
-    relay_domains = buyers.get(
-        "relay_domains",
-        list(DEFAULT_RELAY_DOMAINS),
-        "a non-empty list of domain names",
-        lambda v: _is_str_list(v) and bool(v) and all(_DOMAIN_RE.match(normalise_domain(d)) for d in v),
+    milter_section.done()
+
+    buyers_section = top.section("buyers")
+    buyers = BuyerPatterns(
+        marked_prefixes=tuple(buyers_section.value("marked_prefixes")),
+        relay_domains=tuple(normalise_domain(d) for d in buyers_section.value("relay_domains")),
     )
-    buyers.done()
+    buyers_section.done()
 
     refusal = top.section("refusal")
-    reply_text = refusal.get(
-        "reply_text",
-        DEFAULT_REPLY_TEXT,
-        "one line of printable ASCII without '%' (max 400 characters)",
-        lambda v: _printable_ascii(v) and 0 < len(v.strip()) <= 400,
-    )
-    mixed = refusal.get(
-        "mixed_recipients",
-        MixedRecipients.BOUNCE.value,
-        "'bounce' or 'reject'",
-        lambda v: v in {m.value for m in MixedRecipients},
-    )
-    bounce_domain = refusal.get(
-        "bounce_domain",
-        "amzguard.invalid",
-        "a domain name that only your transport map routes (keep it under .invalid)",
-        lambda v: isinstance(v, str) and bool(_DOMAIN_RE.match(normalise_domain(v))),
-    )
+    reply_text = refusal.value("reply_text").strip()
+    mixed = MixedRecipients(refusal.value("mixed_recipients"))
+    bounce_domain = normalise_domain(refusal.value("bounce_domain"))
     reason_texts = _reason_texts(refusal)
     refusal.done()
 
     channels = top.section("channels")
-    review = channels.section("review")
-    enabled = review.get("enabled", False, "true or false", _is_bool)
-    header = review.get(
-        "header", DEFAULT_TAG_HEADER, "a header field name", lambda v: isinstance(v, str) and bool(_HEADER_NAME_RE.match(v))
-    )
-    allowed_senders = _allowed_senders(review)
-    one_per_order = review.get("one_per_order", True, "true or false", _is_bool)
-    missing_order_id = review.get("missing_order_id", MissingOrderId.ALLOW.value, "'allow' or 'refuse'",
-                                  lambda v: v in {m.value for m in MissingOrderId})  # fmt: skip
-    token = _read_token(review, path, enabled)
-    if enabled and not token:
-        raise review.error("token", "a secret (token or token_file) when the review channel is enabled")
-    review.done()
+    review = _parse_review(channels, path, secrets)
     reply = _parse_reply(channels)
     critical = _parse_critical(channels)
     channels.done()
     store = _parse_store(top, path)
 
-    mode = top.get("mode", Mode.ENFORCE.value, "'enforce' or 'monitor'", lambda v: v in {m.value for m in Mode})
-    logging_section = top.section("logging")
-    level = logging_section.get(
-        "level", "info", "one of debug, info, warning, error", lambda v: v in ("debug", "info", "warning", "error")
-    )
-    address_style = AddressStyle(
-        logging_section.get(
-            "log_addresses",
-            AddressStyle.MASKED.value,
-            "one of full, masked, hashed",
-            lambda v: v in {s.value for s in AddressStyle},
-        )
-    )
-    hashed = address_style is AddressStyle.HASHED
-    hash_key = _read_token(logging_section, path, hashed, "hash_key", "hash_key_file", "the log hash key")
-    if hashed and not hash_key:
-        raise logging_section.error("hash_key", "a key (hash_key or hash_key_file) when log_addresses is hashed")
-    logging_section.done()
-    metrics = _parse_metrics(top.section("metrics"))
+    mode = Mode(top.value("mode"))
+    logging_settings, log_addresses = _parse_logging(top, path, buyers.marked_prefixes, secrets)
+    metrics = _parse_metrics(top)
+    learn = _parse_learn(top)
     top.done()
 
     policy = PolicySettings(
-        buyers=BuyerPatterns(
-            marked_prefixes=tuple(prefixes),
-            relay_domains=tuple(normalise_domain(d) for d in relay_domains),
-        ),
-        review=ReviewChannelSettings(
-            enabled=enabled,
-            header=header,
-            token=token,
-            allowed_senders=allowed_senders,
-            one_per_order=one_per_order,
-            missing_order_id=MissingOrderId(missing_order_id),
-        ),
-        reply_text=reply_text.strip(),
-        mixed_recipients=MixedRecipients(mixed),
-        bounce_domain=normalise_domain(bounce_domain),
-        mode=Mode(mode),
+        buyers=buyers,
+        review=review,
+        reply_text=reply_text,
+        mixed_recipients=mixed,
+        bounce_domain=bounce_domain,
+        mode=mode,
         reply=reply,
         critical=critical,
         reason_texts=reason_texts,
     )
     return Config(
         source=path,
-        milter=MilterSettings(socket=socket, timeout=timeout, on_error=on_error, socket_mode=socket_mode),
+        milter=milter,
         policy=policy,
-        log_level=level,
+        logging=logging_settings,
         store=store,
-        log_addresses=AddressPrivacy(address_style, hash_key, policy.buyers.marked_prefixes),
+        log_addresses=log_addresses,
         metrics=metrics,
+        learn=learn,
+        secret_files=tuple(secrets),
     )
-
-
-def _parse_metrics(section: _Section) -> MetricsSettings:
-    enabled = section.get("enabled", True, "true or false", _is_bool)
-    expected = "HOST:PORT (e.g. 127.0.0.1:9925, [::1]:9925)"
-    listen = section.get(
-        "listen", DEFAULT_METRICS_LISTEN, expected, lambda v: isinstance(v, str) and bool(_LISTEN_RE.match(v))
-    )
-    section.done()
-    match = _LISTEN_RE.match(listen)
-    assert match is not None  # checked above
-    port = int(match["port"])
-    if port > 65535:
-        raise section.error("listen", expected, listen)
-    return MetricsSettings(enabled=enabled, host=match["v6"] or match["host"], port=port)
 
 
 def load_config(path: Path | str) -> Config:

@@ -2,8 +2,15 @@
 
 Every command is idempotent and says what it did in counts, so it can run from cron, a shop's export job or
 a Postfix ``pipe`` transport. Exit status: 0 done; 1 some input was skipped (named on stderr); 65
-(EX_DATAERR) ``learn`` met a message it could not learn from; 75 (EX_TEMPFAIL) the store could not be used,
-which makes Postfix's pipe(8) keep the notice and retry.
+(EX_DATAERR) a file named on the command line could not be read; 75 (EX_TEMPFAIL) the config, the store or
+the ``optout.learn.keep_unknown`` directory could not be used, which makes Postfix's pipe(8) keep the
+notice and retry.
+
+``learn`` never fails on a message it cannot learn from (no opt-out notice, or a notice naming no buyer
+amzguard knows): as a pipe transport, a non-zero exit would make Postfix bounce that message to its sender,
+and the sender of mail to the learn address is usually Amazon (backscatter). Such a message is logged
+(``logging.target``: with ``syslog`` the line sits in mail.log beside the pipe's ``status=sent``), kept in
+``optout.learn.keep_unknown`` if that is set, and accepted.
 """
 
 from __future__ import annotations
@@ -11,9 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
+import os
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from email.message import Message
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -21,8 +33,10 @@ from typing import TextIO
 from .address import DOMAIN_NAME_RE, BuyerPatterns, buyer_key, parse_address
 from .config import Config
 from .optout import OptOut, OptOutStore, StoreError
-from .optout_learn import Outcome, learn, split_messages
+from .optout_learn import LearnResult, Outcome, learn, split_messages
 from .orderid import ORDER_ID_RE
+
+log = logging.getLogger("amzguard.learn")
 
 EX_OK = 0
 EX_SKIPPED = 1
@@ -116,18 +130,28 @@ def _rows(stream: TextIO, fmt: str) -> Iterator[tuple[str, str, str | None]]:
             yield f"line {number}", cells[0], cells[1] if len(cells) > 1 and cells[1] else None
 
 
+def _error(text: str) -> None:
+    """An error that ends the command: always on stderr (under pipe(8) a failing command's output becomes
+    the reason in Postfix's log line), and in the log too when that is not stderr (logging.target)."""
+    print(f"amzguard: error: {text}", file=sys.stderr)
+    if not any(getattr(h, "fd", None) == 2 for h in logging.getLogger().handlers):
+        log.error("%s", text)
+
+
 def _print_skipped(skipped: list[str]) -> None:
     for line in skipped:
-        print(f"amzguard: skipped {line}", file=sys.stderr)
+        print(f"amzguard: warning: skipped {line}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     store = OptOutStore(config.store.path, config.store.retention_days)
     patterns = config.policy.buyers
     try:
+        if args.optout_command == "learn":
+            return _learn(args, store, patterns, config.learn.keep_unknown)
         return _COMMANDS[args.optout_command](args, store, patterns)
     except StoreError as exc:
-        print(f"amzguard: opt-out store unavailable: {exc}", file=sys.stderr)
+        _error(f"opt-out store unavailable: {exc}")
         return EX_TEMPFAIL
 
 
@@ -163,10 +187,10 @@ def _import(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPattern
             with open(args.file, encoding="utf-8-sig", newline="") as stream:
                 rows = list(_rows(stream, args.format))
     except OSError as exc:
-        print(f"amzguard: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        _error(f"cannot read {args.file}: {exc.strerror}")
         return EX_SKIPPED
     except UnicodeDecodeError as exc:
-        print(f"amzguard: {args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        _error(f"{args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})")
         return EX_SKIPPED
     read = _read_addresses(rows, patterns, "import")
     _print_skipped(read.skipped)
@@ -191,35 +215,77 @@ def _export(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPattern
     return EX_OK
 
 
-def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+class KeepError(Exception):
+    """The ``optout.learn.keep_unknown`` directory cannot take a message (the pipe then retries)."""
+
+
+def keep_message(directory: Path, data: bytes, number: int) -> Path:
+    """Write ``data`` to a new file in ``directory``, as a maildir's delivery does: a hidden temporary
+    file renamed into place, so a reader never sees half a message."""
+    name = f"{int(time.time())}.P{os.getpid()}N{number}.{socket.gethostname().replace('/', '_')}"
+    temporary, final = directory / f".{name}.tmp", directory / f"{name}.eml"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        os.rename(temporary, final)
+    except OSError as exc:
+        raise KeepError(f"cannot keep the message in {directory} (optout.learn.keep_unknown): "
+                        f"{exc.strerror or exc}") from None  # fmt: skip
+    return final
+
+
+def _raw(message: Message) -> bytes:
+    try:
+        return message.as_bytes()
+    except Exception:  # a message the email package cannot serialise again: keep what it can
+        return message.as_string().encode("utf-8", "surrogateescape")
+
+
+def _report(result: LearnResult, kept: Path | None) -> None:
+    order = f"order {result.order_id}" if result.order_id else "no order id"
+    where = f"; kept as {kept}" if kept else "; accepted and dropped (optout.learn.keep_unknown is not set)"
+    if result.outcome in (Outcome.LEARNED, Outcome.KNOWN):
+        print(f"{result.outcome}: {result.buyer} ({order}, notice in {result.language}, {result.detail})")
+        log.info("opt-out %s: %s (%s, notice in %s, %s)", result.outcome, result.buyer, order, result.language,
+                 result.detail)  # fmt: skip
+    elif result.outcome is Outcome.UNRESOLVED:
+        log.warning("unresolved opt-out notice %s (in %s): %s%s", result.label, result.language, result.detail, where)
+    else:
+        log.warning("not an opt-out notice: %s%s", result.label, where)
+
+
+def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns, keep: Path | None = None) -> int:
     messages = []
     for name in args.files or ["-"]:
         try:
             data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
         except OSError as exc:
-            print(f"amzguard: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            _error(f"cannot read {name}: {exc.strerror}")
             return EX_DATAERR
         messages.extend(split_messages(data))
     # Learned opt-outs reach Prometheus through the milter: amzguard_optout_entries{source="notice"}.
     tally = {outcome: 0 for outcome in Outcome}
-    for result in learn(messages, store, patterns):
-        tally[result.outcome] += 1
-        order = f"order {result.order_id}" if result.order_id else "no order id"
-        if result.outcome in (Outcome.LEARNED, Outcome.KNOWN):
-            print(f"{result.outcome}: {result.buyer} ({order}, notice in {result.language}, {result.detail})")
-        elif result.outcome is Outcome.UNRESOLVED:
-            print(f"amzguard: unresolved opt-out notice {result.label} (in {result.language}): {result.detail}",
-                  file=sys.stderr)  # fmt: skip
-        else:
-            print(f"amzguard: not an opt-out notice: {result.label}", file=sys.stderr)
+    try:
+        for number, (message, result) in enumerate(zip(messages, learn(messages, store, patterns))):
+            tally[result.outcome] += 1
+            unlearned = result.outcome in (Outcome.UNRESOLVED, Outcome.UNRECOGNISED)
+            kept = keep_message(keep, _raw(message), number) if unlearned and keep is not None else None
+            _report(result, kept)
+    except KeepError as exc:
+        _error(f"{exc}; the MTA keeps the message and retries")
+        return EX_TEMPFAIL
     print(
         f"learned {tally[Outcome.LEARNED] + tally[Outcome.KNOWN]} (new {tally[Outcome.LEARNED]}, already registered "
         f"{tally[Outcome.KNOWN]}), unresolved {tally[Outcome.UNRESOLVED]}, not recognised {tally[Outcome.UNRECOGNISED]}"
     )
     if not messages:
-        print("amzguard: no message in the input", file=sys.stderr)
-        return EX_DATAERR
-    return EX_DATAERR if tally[Outcome.UNRESOLVED] or tally[Outcome.UNRECOGNISED] else EX_OK
+        log.warning("no message in the input")
+    return EX_OK
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, OptOutStore, BuyerPatterns], int]] = {
@@ -228,5 +294,4 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, OptOutStore, BuyerPatterns], 
     "list": _list,
     "import": _import,
     "export": _export,
-    "learn": _learn,
 }

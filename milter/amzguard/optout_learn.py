@@ -12,7 +12,7 @@ notice is resolved in this order, and never guessed:
 A message that is not recognised as an opt-out notice, or a notice that names no buyer amzguard can find
 (several candidates, or an order it never saw), is reported and changes nothing.
 
-The wording below follows the English notice quoted by several seller tools (see the README). The German,
+The wording below follows the English notice quoted by several seller tools (docs/amazon-facts.md). The German,
 French, Italian and Spanish phrases are **our own plausible translations, not Amazon's text**: when a real
 notice is not recognised, add its key phrase to ``NOTICE_PHRASES`` (a unit test guards each language).
 

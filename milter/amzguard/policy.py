@@ -18,10 +18,10 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from email.utils import getaddresses
 from enum import StrEnum
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from .address import (
     Address,
@@ -128,34 +128,34 @@ class ReviewChannelSettings:
     enabled: bool
     header: str
     token: bytes
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
     """Empty: any envelope sender may use the channel. Entries: ``user@domain`` or ``@domain``."""
-    one_per_order: bool = True
+    one_per_order: bool
     """Refuse a review request for an order that already had one (needs the order id and the store)."""
-    missing_order_id: MissingOrderId = MissingOrderId.ALLOW
+    missing_order_id: MissingOrderId
+
+
+# The settings classes have no defaults: the defaults are the config key table's (config_keys.py), and
+# code that builds settings by hand (tests) says what it wants or starts from config.parse_config.
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyChannelSettings:
-    """Off unless configured (the config file turns it on by default)."""
-
-    enabled: bool = False
-    check: ReplyCheck = ReplyCheck.REFERENCE
-    reference_domains: tuple[str, ...] = ()
+    enabled: bool
+    check: ReplyCheck
+    reference_domains: tuple[str, ...]
     """Message-ID domains that count as Amazon's (subdomains too); empty: the buyer relay domains."""
-    subject_prefixes: tuple[str, ...] = ()
+    subject_prefixes: tuple[str, ...]
     """If set, the subject must also start with one of these (``Re:``, ``AW:``), any letter case."""
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class CriticalChannelSettings:
-    """Off unless configured (the config file turns it on by default)."""
-
-    enabled: bool = False
-    marker: str = "[Important]"
+    enabled: bool
+    marker: str
     """Must appear in the subject, anywhere, in any letter case, brackets included."""
-    allowed_senders: tuple[str, ...] = ()
+    allowed_senders: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +163,12 @@ class PolicySettings:
     buyers: BuyerPatterns
     review: ReviewChannelSettings
     reply_text: str
-    mixed_recipients: MixedRecipients = MixedRecipients.BOUNCE
-    bounce_domain: str = "amzguard.invalid"
-    mode: Mode = Mode.ENFORCE
-    reply: ReplyChannelSettings = ReplyChannelSettings()
-    critical: CriticalChannelSettings = CriticalChannelSettings()
-    reason_texts: tuple[tuple[Reason, str], ...] = ()
+    mixed_recipients: MixedRecipients
+    bounce_domain: str
+    mode: Mode
+    reply: ReplyChannelSettings
+    critical: CriticalChannelSettings
+    reason_texts: tuple[tuple[Reason, str], ...]
     """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
 
     def text_for(self, reason: Reason) -> str:
@@ -292,6 +292,8 @@ class ReviewChannel:
     settings: ReviewChannelSettings
     marked_prefixes: tuple[str, ...] = ()
     channel: Channel = Channel.REVIEW
+    vetoes: ClassVar[tuple[Reason, ...]] = (Reason.OPTED_OUT, Reason.DUPLICATE_REVIEW, Reason.NO_ORDER_ID)
+    """Every reason ``veto`` can return (the metrics create exactly these series)."""
 
     def headers(self) -> tuple[str, ...]:
         if not self.settings.enabled:
@@ -365,6 +367,7 @@ class ReplyChannel:
     settings: ReplyChannelSettings
     buyers: BuyerPatterns
     channel: Channel = Channel.REPLY
+    vetoes: ClassVar[tuple[Reason, ...]] = ()
 
     def headers(self) -> tuple[str, ...]:
         if not self.settings.enabled:
@@ -417,6 +420,7 @@ class CriticalChannel:
 
     settings: CriticalChannelSettings
     channel: Channel = Channel.CRITICAL
+    vetoes: ClassVar[tuple[Reason, ...]] = ()
 
     def headers(self) -> tuple[str, ...]:
         return ("subject",) if self.settings.enabled else ()
@@ -431,6 +435,39 @@ class CriticalChannel:
 
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
         return None
+
+
+CHANNEL_RULES: tuple[type, ...] = (ReviewChannel, ReplyChannel, CriticalChannel)
+"""The rule classes ``Policy.from_settings`` builds, in the order they are asked."""
+
+
+def _rule_channel(rule: type) -> Channel:
+    return next(f.default for f in fields(rule) if f.name == "channel")  # type: ignore[return-value]
+
+
+def possible_decisions(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[tuple[Outcome, Reason, Channel], ...]:
+    """Every (outcome, reason, channel) that ``Policy.decide`` and ``decide_at_rcpt`` can return.
+
+    Read off the decision tree in ``Policy.decide``: a recipient that is no buyer is delivered
+    (not-buyer, no channel); a buyer no rule grants is refused (buyer-mail, no channel); a buyer a rule
+    grants is refused with one of that rule's ``vetoes``, or refused as marker-only (nothing left after
+    the marker), or delivered, marked or unmarked (channel). So a reason like opted-out appears only with
+    the channel that vetoes it. The metrics pre-create exactly these label sets; a property test checks
+    that the policy never returns anything else.
+    """
+    combos = [(Outcome.DELIVER, Reason.NOT_BUYER, Channel.NONE), (Outcome.REFUSE, Reason.BUYER_MAIL, Channel.NONE)]
+    for rule in rules:
+        channel = _rule_channel(rule)
+        combos += [(Outcome.REFUSE, veto, channel) for veto in rule.vetoes]  # type: ignore[attr-defined]
+        combos += [(Outcome.REFUSE, Reason.MARKER_ONLY, channel), (Outcome.DELIVER, Reason.CHANNEL, channel),
+                   (Outcome.DELIVER_UNMARKED, Reason.CHANNEL, channel)]  # fmt: skip
+    return tuple(combos)
+
+
+def tagged_channels(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[Channel, ...]:
+    """Channels whose rule recognises its mail by a secret (``TaggedChannelRule``): the only ones a wrong
+    secret can be counted for."""
+    return tuple(_rule_channel(rule) for rule in rules if callable(getattr(rule, "bad_token", None)))
 
 
 # --- The store's part: questions before the decision, records after it -------------------------------
@@ -502,6 +539,14 @@ class Policy:
         its subject. Every other message skips its body."""
         review = self._rule(ReviewChannel)
         return review is not None and review.tagged(facts) and find_order_id(facts.subject()) is None
+
+    def secret_to_find(self, facts: MessageFacts) -> bytes | None:
+        """The review secret, for a null-sender message (a bounce) whose body must not carry it out
+        (secret_scan.py says where such bounces come from); None for every other message."""
+        review = self._rule(ReviewChannel)
+        if review is None or not review.settings.enabled or not facts.sender.is_empty:
+            return None
+        return review.settings.token or None
 
     def read_order_id(self, facts: MessageFacts, body: bytes = b"") -> MessageFacts:
         """The facts with the order id of a tagged review request: from the subject, else the body."""
@@ -751,6 +796,7 @@ def grouped_refusal_text(settings: PolicySettings, refused: Iterable[Decision]) 
 __all__ = [
     "AddRecipient",
     "BuyerMessage",
+    "CHANNEL_RULES",
     "Channel",
     "ChannelRule",
     "CriticalChannel",
@@ -780,5 +826,7 @@ __all__ = [
     "TaggedChannelRule",
     "format_address",
     "plan_message",
+    "possible_decisions",
     "refusal_address",
+    "tagged_channels",
 ]

@@ -34,7 +34,7 @@ class AddressStyle(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AddressPrivacy:
-    style: AddressStyle = AddressStyle.MASKED
+    style: AddressStyle
     key: bytes = b""
     """The HMAC key for ``hashed`` (config checks it is set and long enough)."""
     marked_prefixes: tuple[str, ...] = ()

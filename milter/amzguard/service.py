@@ -64,6 +64,10 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
             changed.append(f"milter.{key}")
     if old.metrics != new.metrics:
         changed.append("metrics")
+    if (old.logging.target, old.logging.syslog_socket, old.logging.journal_socket) != (
+        new.logging.target, new.logging.syslog_socket, new.logging.journal_socket
+    ):
+        changed.append("logging.target")
     return changed
 
 

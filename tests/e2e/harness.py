@@ -19,7 +19,7 @@ Layout of one instance (all below ``workdir``)::
 Mail for ``shop@``, ``owner@`` and ``support@shop.test`` is delivered locally;
 every other address is relayed to the :class:`Sink` via ``relayhost``.
 
-Constraints this module respects (see /work/shared/postfix-facts.md):
+Constraints this module respects (see docs/postfix-behaviour.md, "A throwaway Postfix inside a test"):
 
 * no systemd, no syslog, we run as root; ``-c``/``-C`` need absolute paths;
 * processes are only stopped by PID (the sink) or ``postfix -c DIR stop``;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_sigterm_lets_the_message_in_progress_finish(tmp_path: Path) -> None:
     assert proc.proc.wait(20) == 0
     log = proc.log_text()
     assert "4DRAINED01: from=<shop@shop.test> rcpt=<owner@shop.test>" in log
-    assert log.rstrip().endswith("INFO: stopped")
+    assert re.search(r"amzguard\[\d+\]: stopped$", log.rstrip())
     assert proc.stop() == 0
     with pytest.raises(OSError):
         connect_socket(proc.socket, 2).close()
@@ -132,7 +133,7 @@ def test_metrics_port_in_use_keeps_filtering_without_the_endpoint(tmp_path: Path
         port = taken.getsockname()[1]
         proc = start(tmp_path, "busy", metrics={"listen": f"127.0.0.1:{port}"})
         try:
-            proc.wait_log(f"ERROR: metrics endpoint off: cannot serve metrics on 127.0.0.1:{port}: Address already"
+            proc.wait_log(f"error: metrics endpoint off: cannot serve metrics on 127.0.0.1:{port}: Address already"
                           " in use; filtering mail without it")  # fmt: skip
             with FakeMta(proc.socket) as mta:
                 _, eom = mta.message("<shop@shop.test>", ["<q7x2k9m4p1z8w3v5@marketplace.amazon.de>"])

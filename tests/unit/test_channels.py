@@ -8,22 +8,24 @@ import dataclasses
 import pytest
 
 from amzguard.address import BuyerPatterns, buyer_key, classify_recipient, parse_address, recipient_keys
-from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_REASON_TEXTS, DEFAULT_RELAY_DOMAINS, DEFAULT_REPLY_TEXT
+from amzguard.config import (
+    DEFAULT_MARKED_PREFIXES,
+    DEFAULT_REASON_TEXTS,
+    DEFAULT_RELAY_DOMAINS,
+    DEFAULT_REPLY_TEXT,
+    parse_config,
+)
 from amzguard.policy import (
     AddRecipient,
     BuyerMessage,
     Channel,
-    CriticalChannelSettings,
     DeleteRecipient,
     MessageFacts,
     MissingOrderId,
     Outcome,
     Policy,
-    PolicySettings,
     Reason,
-    ReplyChannelSettings,
     ReplyCheck,
-    ReviewChannelSettings,
     ReviewSent,
     StoreQuestions,
     SubmissionPath,
@@ -40,17 +42,17 @@ ORDER = "302-1234567-7654321"
 AMAZON_REF = ("In-Reply-To", "<0102018c3f.5e1a-4d2b@marketplace.amazon.de>")
 
 
+BASE = parse_config({"channels": {"review": {"enabled": True, "token": TOKEN}}}).policy
+
+
 def make_policy(
     review: dict | None = None, reply: dict | None = None, critical: dict | None = None, **changes: object
 ) -> Policy:
-    settings = PolicySettings(
-        buyers=PATTERNS,
-        review=ReviewChannelSettings(**{"enabled": True, "header": "X-Amzguard-Channel", "token": TOKEN.encode(),
-                                        **(review or {})}),  # fmt: skip
-        reply_text=DEFAULT_REPLY_TEXT,
-        reply=ReplyChannelSettings(**{"enabled": True, **(reply or {})}),
-        critical=CriticalChannelSettings(**{"enabled": True, **(critical or {})}),
-        reason_texts=tuple(DEFAULT_REASON_TEXTS.items()),
+    settings = dataclasses.replace(
+        BASE,
+        review=dataclasses.replace(BASE.review, **(review or {})),
+        reply=dataclasses.replace(BASE.reply, **(reply or {})),
+        critical=dataclasses.replace(BASE.critical, **(critical or {})),
     )
     return Policy.from_settings(dataclasses.replace(settings, **changes))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
 from amzguard.address import BuyerPatterns
 from amzguard.metrics import DecisionStage, MessageResult, Metrics, MilterStage, ReloadResult, StoreOperation
 from amzguard.optout import SOURCES, OptOut, OptOutStore
-from amzguard.policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath
+from amzguard.policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath, possible_decisions
+
+REPO = Path(__file__).resolve().parents[2]
 
 PATTERNS = BuyerPatterns(marked_prefixes=DEFAULT_MARKED_PREFIXES, relay_domains=DEFAULT_RELAY_DOMAINS)
 
@@ -40,8 +43,15 @@ def test_every_series_exists_at_zero_from_the_start() -> None:
         for path in SubmissionPath:
             assert got[("amzguard_messages_total", frozenset({"result": result, "path": path}.items()))] == 0
     recipient_series = [key for key in got if key[0] == "amzguard_recipients_total"]
-    assert len(recipient_series) == len(Outcome) * len(Reason) * len(Channel) * len(Mode)
+    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 14 x 2.
+    expected = {
+        frozenset({"decision": o.value, "reason": r.value, "channel": c.value, "mode": m.value}.items())
+        for (o, r, c) in possible_decisions() for m in Mode
+    }  # fmt: skip
+    assert {labels for _, labels in recipient_series} == expected and len(expected) == 28
     assert all(got[key] == 0 for key in recipient_series)
+    never = frozenset({"decision": "refuse", "reason": "opted-out", "channel": "reply", "mode": "enforce"}.items())
+    assert ("amzguard_recipients_total", never) not in got  # only the review channel vetoes opt-outs
     for stage in MilterStage:
         assert value(metrics, "amzguard_errors_total", stage=stage.value) == 0
     for stage in DecisionStage:
@@ -50,7 +60,28 @@ def test_every_series_exists_at_zero_from_the_start() -> None:
         assert value(metrics, "amzguard_config_reloads_total", result=result.value) == 0
     assert value(metrics, "amzguard_channel_tags_bad_token_total", channel="review") == 0
     assert value(metrics, "amzguard_milter_connections") == 0
-    assert ("amzguard_channel_tags_bad_token_total", frozenset({"channel": "none"}.items())) not in got
+    assert [labels for name, labels in got if name == "amzguard_channel_tags_bad_token_total"] == [
+        frozenset({"channel": "review"}.items())  # the one channel with a secret
+    ]
+
+
+def test_no_created_series() -> None:
+    text = Metrics().exposition().decode()
+    assert "_created" not in text
+    assert len(text.splitlines()) < 150  # 466 lines before (211 _created, 140 impossible recipient series)
+
+
+def test_no_created_series_with_debians_prometheus_client_016() -> None:
+    # Debian 12's python3-prometheus-client 0.16 has no disable_created_metrics(): only the variable works.
+    system = "/usr/bin/python3"
+    probe = subprocess.run([system, "-c", "import prometheus_client, sys; print(prometheus_client.__file__)"],
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert probe.returncode == 0 and probe.stdout.startswith("/usr/lib/python3/"), probe.stderr
+    code = "from amzguard.metrics import Metrics; import sys; sys.stdout.write(Metrics().exposition().decode())"
+    done = subprocess.run([system, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          env={"PYTHONPATH": str(REPO / "milter"), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "amzguard_messages_total{" in done.stdout and "_created" not in done.stdout
 
 
 def test_names_follow_the_conventions_and_labels_carry_no_mail_data() -> None:

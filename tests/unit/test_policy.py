@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from amzguard.address import BuyerPatterns, classify_recipient, parse_address
-from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS, DEFAULT_REPLY_TEXT
+from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS, DEFAULT_REPLY_TEXT, parse_config
 from amzguard.policy import (
     AddRecipient,
     Channel,
@@ -20,9 +20,7 @@ from amzguard.policy import (
     Mode,
     Outcome,
     Policy,
-    PolicySettings,
     Reason,
-    ReviewChannelSettings,
     SubmissionPath,
     refusal_address,
     refusal_text,
@@ -33,15 +31,21 @@ TOKEN = "s3cret-Token-0123456789"
 PATTERNS = BuyerPatterns(marked_prefixes=DEFAULT_MARKED_PREFIXES, relay_domains=DEFAULT_RELAY_DOMAINS)
 
 
+# The policy of issue 1 alone: the review channel on, reply and critical off; every other setting the
+# config key table's default.
+BASE = parse_config(
+    {"channels": {"review": {"enabled": True, "token": TOKEN}, "reply": {"enabled": False},
+                  "critical": {"enabled": False}}}
+).policy  # fmt: skip
+
+
 def make_policy(**changes: object) -> Policy:
-    review = ReviewChannelSettings(
+    review = dataclasses.replace(
+        BASE.review,
         enabled=bool(changes.pop("review_enabled", True)),
-        header="X-Amzguard-Channel",
-        token=TOKEN.encode(),
         allowed_senders=tuple(changes.pop("allowed_senders", ())),  # type: ignore[arg-type]
     )
-    settings = PolicySettings(buyers=PATTERNS, review=review, reply_text=DEFAULT_REPLY_TEXT)
-    return Policy.from_settings(dataclasses.replace(settings, **changes))
+    return Policy.from_settings(dataclasses.replace(BASE, review=review, reason_texts=(), **changes))
 
 
 def facts(headers: list[tuple[str, str]] = (), sender: str = "<shop@shop.test>",

@@ -8,25 +8,22 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from amzguard.address import BuyerPatterns, classify_recipient, format_address, parse_address
-from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS, DEFAULT_REPLY_TEXT
+from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS, parse_config
 from amzguard.policy import (
     MessageFacts,
     Outcome,
     Policy,
-    PolicySettings,
-    ReviewChannelSettings,
     SubmissionPath,
 )
 
 PATTERNS = BuyerPatterns(marked_prefixes=DEFAULT_MARKED_PREFIXES, relay_domains=DEFAULT_RELAY_DOMAINS)
 TOKEN = b"property-token-0123456789"
 POLICY = Policy.from_settings(
-    PolicySettings(
-        buyers=PATTERNS,
-        review=ReviewChannelSettings(enabled=True, header="X-Amzguard-Channel", token=TOKEN),
-        reply_text=DEFAULT_REPLY_TEXT,
-    )
-)
+    parse_config(
+        {"channels": {"review": {"enabled": True, "token": TOKEN.decode()}, "reply": {"enabled": False},
+                      "critical": {"enabled": False}}}
+    ).policy
+)  # fmt: skip
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Any text, including lone surrogates (undecodable octets), NUL and control characters.

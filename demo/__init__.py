@@ -1,0 +1,1 @@
+"""The ``make demo`` story: a throwaway Postfix with amzguard (run as ``python -m demo``)."""

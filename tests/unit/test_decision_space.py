@@ -1,0 +1,77 @@
+"""``possible_decisions()`` (the label sets the metrics pre-create) holds every decision the policy takes,
+and each of its combinations does occur."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amzguard.address import classify_recipient, parse_address
+from amzguard.config import parse_config
+from amzguard.policy import MessageFacts, Policy, SubmissionPath, possible_decisions
+
+TOKEN = "decision-space-token-01234"
+ORDER = "302-1234567-7654321"
+RECIPIENTS = ["<owner@shop.test>", "<q7x2k9m4p1z8w3v5@marketplace.amazon.de>", "<blacklisted-40417@amazon.fr>",
+              "<blacklisted-@amazon.fr>", "<Blacklisted-Q7@Marketplace.Amazon.DE>"]  # fmt: skip
+HEADERS = [
+    ("X-Amzguard-Channel", f"review {TOKEN}"),
+    ("X-Amzguard-Channel", "review wrong-token-0123456789"),
+    ("Subject", f"[Important] your order {ORDER}"),
+    ("Subject", f"Re: order {ORDER}"),
+    ("Subject", "Your order shipped"),
+    ("In-Reply-To", "<0102018c3f.5e1a@marketplace.amazon.de>"),
+    ("References", "<thread-1@shop.test>"),
+]
+KEYS = ["q7x2k9m4p1z8w3v5@marketplace.amazon.de", "40417@amazon.fr", "q7@marketplace.amazon.de"]
+
+
+def policy(missing_order_id: str, check: str) -> Policy:
+    channels = {"review": {"enabled": True, "token": TOKEN, "missing_order_id": missing_order_id},
+                "reply": {"check": check}}  # fmt: skip
+    return Policy.from_settings(parse_config({"channels": channels}).policy)
+
+
+POLICIES = [policy(m, c) for m in ("allow", "refuse") for c in ("reference", "thread")]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(POLICIES),
+    st.sampled_from(RECIPIENTS),
+    st.lists(st.sampled_from(HEADERS), max_size=4),
+    st.sampled_from(list(SubmissionPath)),
+    st.frozensets(st.sampled_from(KEYS)),
+    st.booleans(),
+    st.booleans(),
+)
+def test_every_decision_is_in_the_space(policy: Policy, raw: str, headers, path, keys, reviewed: bool,
+                                        with_order: bool) -> None:  # fmt: skip
+    space = set(possible_decisions())
+    for combo in decisions(policy, raw, headers, path, keys, reviewed, with_order):
+        assert combo in space, combo
+
+
+def decisions(policy: Policy, raw: str, headers, path, keys, reviewed: bool, with_order: bool):
+    recipient = classify_recipient(raw, policy.settings.buyers)
+    facts = MessageFacts(sender=parse_address("<shop@shop.test>"), path=path, headers=tuple(headers))
+    order_id = policy.read_order_id(facts).order_id if with_order else None
+    facts = MessageFacts(facts.sender, facts.path, facts.headers, order_id, opted_out=keys,
+                         reviewed_orders=frozenset({ORDER}) if reviewed else frozenset(), thread_senders=keys)  # fmt: skip
+    for decision in (policy.decide(facts, recipient), policy.decide_at_rcpt(facts.sender, recipient, path)):
+        if decision is not None:
+            yield decision.outcome, decision.reason, decision.channel
+
+
+def test_every_combination_of_the_space_occurs() -> None:
+    # The space is no wider than the policy: each pre-created series can be counted.
+    header_sets = [c for n in range(3) for c in itertools.combinations(HEADERS, n)]
+    seen = {
+        combo
+        for policy, raw, headers, keys, reviewed, with_order in itertools.product(
+            POLICIES, RECIPIENTS, header_sets, [frozenset(), frozenset(KEYS)], [False, True], [False, True])
+        for combo in decisions(policy, raw, headers, SubmissionPath.SMTP, keys, reviewed, with_order)
+    }  # fmt: skip
+    assert seen == set(possible_decisions())
