@@ -10,15 +10,12 @@ over SMTP, so the SMTP path is the only one. Its own hosts are ``mx.shop.test``,
 from __future__ import annotations
 
 import contextlib
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import REVIEW_SENDER_CHANNELS
-from tests.e2e.harness import Sink, unique_token
 from tests.e2e.oracle import (
     OPTED_OUT,
     POOL,
@@ -31,7 +28,7 @@ from tests.e2e.oracle import (
     run_label,
     run_path,
 )
-from tests.e2e.sendmail_harness import SendmailInstance, sendmail_root
+from tests.e2e.sendmail_harness import SendmailInstance, sendmail_stack
 from tests.support.milter_process import MilterProcess, write_config
 from tests.support.spellings import Context, Mailbox
 
@@ -57,38 +54,26 @@ class Pair:
     milters: tuple[MilterProcess, MilterProcess]
 
 
-@contextlib.contextmanager
-def sendmail_with_amzguard(name: str, **sections: object) -> Iterator[tuple[SendmailInstance, MilterProcess, Sink]]:
-    sink = Sink(Path("/tmp") / unique_token(f"amzguard-{name}-sink")).start()
-    sendmail: SendmailInstance | None = None
-    milter: MilterProcess | None = None
-    try:
-        sendmail = SendmailInstance(sink.port)
+def amzguard(**sections: object) -> Callable[[SendmailInstance], MilterProcess]:
+    """The milter for one Sendmail: its config and socket in that Sendmail's work directory."""
+
+    def make(sendmail: SendmailInstance) -> MilterProcess:
         socket = f"unix:{sendmail.milter_socket}"
         config = write_config(sendmail.workdir / "amzguard.yml", socket, channels=REVIEW_SENDER_CHANNELS, **sections)
-        milter = MilterProcess(config, socket, sendmail.workdir / "amzguard.log").start()
-        sendmail.start()
-        yield sendmail, milter, sink
-    finally:
-        if milter is not None:
-            milter.stop()
-        if sendmail is not None:
-            sendmail.stop()
-        sink.stop()
-        shutil.rmtree(sink.directory, ignore_errors=True)
-        Path(f"{sink.directory}.log").unlink(missing_ok=True)
+        return MilterProcess(config, socket, sendmail.workdir / "amzguard.log")
+
+    return make
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    sendmail_root()  # unpacks the Sendmail packages once; raises (no skip) where that cannot be done
-    with contextlib.ExitStack() as stack:
-        o_sendmail, o_milter, o_sink = stack.enter_context(sendmail_with_amzguard("oracle-monitor", mode="monitor"))
-        s_sendmail, s_milter, s_sink = stack.enter_context(
-            sendmail_with_amzguard("oracle-enforce", refusal={"mixed_recipients": "reject"}))
-        register_opt_outs(s_sendmail.workdir / "amzguard.yml")
-        yield Pair(SendmailTarget("sendmail+amzguard (monitor)", o_sendmail, o_sink),
-                   SendmailTarget("sendmail+amzguard", s_sendmail, s_sink), (o_milter, s_milter))  # fmt: skip
+    with contextlib.ExitStack() as started:
+        oracle = started.enter_context(sendmail_stack(amzguard(mode="monitor")))
+        subject = started.enter_context(sendmail_stack(amzguard(refusal={"mixed_recipients": "reject"})))
+        register_opt_outs(subject.sendmail.workdir / "amzguard.yml")
+        yield Pair(SendmailTarget("sendmail+amzguard (monitor)", oracle.sendmail, oracle.sink),
+                   SendmailTarget("sendmail+amzguard", subject.sendmail, subject.sink),
+                   (oracle.milter, subject.milter))  # fmt: skip
 
 
 def test_sendmail_routes_no_ungranted_mail_to_a_buyer(pair: Pair) -> None:
