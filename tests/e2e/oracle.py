@@ -632,6 +632,19 @@ class Report:
                 out.write(self.details(limit=100000) + "\n")
 
 
+def unseen_marked_copy(path: str, case: Case, wrong: list[str], expected: set[str], got: list[str]) -> bool:
+    """The one documented limit of the sendmail(1) path (docs/recipients.md): cleanup rewrites a recipient
+    before the milter sees it and a delete must name the text given to sendmail(1), so a marked buyer
+    written with a source route keeps its marked copy beside the unmarked one the review channel adds. Only
+    that exact shape is excused: the sendmail paths, a source route in the spelling, and every wrong copy
+    being the marked form of the very mailbox that also got its unmarked copy."""
+    text = case.spelling.text.strip().lstrip("<")
+    if path not in ("sendmail", "sendmail-t") or not (text.startswith("@") and ":" in text):
+        return False
+    unmarked_copy = any(canonical(rcpt) in expected and not is_marked(rcpt) for rcpt in got)
+    return unmarked_copy and all(is_marked(rcpt) and unmarked(rcpt) in expected for rcpt in wrong)
+
+
 def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, opted_out: frozenset[str],
           order_delivered: bool, report: Report) -> list[Delivery]:  # fmt: skip
     """Check one case against the rules in the module docstring; returns the buyer deliveries.
@@ -656,7 +669,11 @@ def judge(path: str, case: Case, co: str, oracle: Observed, subject: Observed, o
         add("one-per-order", "a second request for the order reached a buyer")
     elif buyer_got:
         wrong = [d.rcpt for d in buyer_got if canonical(d.rcpt) not in expected or is_marked(d.rcpt)]
-        if wrong:
+        if wrong and unseen_marked_copy(path, case, wrong, expected, got=[d.rcpt for d in buyer_got]):
+            report.over_refused["marked copy kept (sendmail(1) spelling unseen)"] += 1
+            report.refusals.append(Violation("marked-copy-kept", path, case, f"{wrong}; with amzguard: "
+                                             f"{subject.what()}"))  # fmt: skip
+        elif wrong:
             add("wrong-mailbox", f"{len(buyer_got)} buyer copies, {wrong} not at the routed unmarked mailbox "
                                  f"{sorted(expected)}")  # fmt: skip
         elif len(buyer_got) > max(1, len(oracle_buyers)):
