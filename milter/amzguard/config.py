@@ -19,6 +19,18 @@ from typing import Any, TypeVar
 import yaml
 
 from .address import DOMAIN_NAME_RE, BuyerPatterns, normalise_domain
+from .content import (
+    DEFAULT_ACTIONS,
+    DEFAULT_ATTACHMENT_TYPES,
+    DEFAULT_LINK_DOMAINS,
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    DEFAULT_MAX_BYTES,
+    LANGUAGES,
+    REMOVABLE_RULES,
+    ContentAction,
+    ContentRule,
+    ContentSettings,
+)
 from .policy import (
     CriticalChannelSettings,
     MissingOrderId,
@@ -111,6 +123,7 @@ class Config:
     store: StoreSettings = StoreSettings()
     log_addresses: AddressPrivacy = AddressPrivacy()
     metrics: MetricsSettings = MetricsSettings(enabled=False, host="127.0.0.1", port=9925)
+    content: ContentSettings = ContentSettings()
 
 
 _SOCKET_RE = re.compile(
@@ -391,6 +404,8 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
     one_per_order = review.get("one_per_order", True, "true or false", _is_bool)
     missing_order_id = review.get("missing_order_id", MissingOrderId.ALLOW.value, "'allow' or 'refuse'",
                                   lambda v: v in {m.value for m in MissingOrderId})  # fmt: skip
+    # Folded into content.rules.missing_order_id (issue 11); still read so old configs keep working.
+    missing_order_id_given = MissingOrderId(missing_order_id) if review.data.get("missing_order_id") else None
     token = _read_token(review, path, enabled)
     if enabled and not token:
         raise review.error("token", "a secret (token or token_file) when the review channel is enabled")
@@ -399,6 +414,7 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
     critical = _parse_critical(channels)
     channels.done()
     store = _parse_store(top, path)
+    content = _parse_content(top, tuple(normalise_domain(d) for d in relay_domains), missing_order_id_given)
 
     mode = top.get("mode", Mode.ENFORCE.value, "'enforce' or 'monitor'", lambda v: v in {m.value for m in Mode})
     logging_section = top.section("logging")
@@ -450,6 +466,7 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
         store=store,
         log_addresses=AddressPrivacy(address_style, hash_key, policy.buyers.marked_prefixes),
         metrics=metrics,
+        content=content,
     )
 
 
@@ -466,6 +483,74 @@ def _parse_metrics(section: _Section) -> MetricsSettings:
     if port > 65535:
         raise section.error("listen", expected, listen)
     return MetricsSettings(enabled=enabled, host=match["v6"] or match["host"], port=port)
+
+
+_MIME_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(?:\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
+OLD_MISSING_ORDER_ID: dict[MissingOrderId, ContentAction] = {
+    MissingOrderId.ALLOW: ContentAction.LOG,
+    MissingOrderId.REFUSE: ContentAction.REFUSE,
+}
+"""``channels.review.missing_order_id`` (before issue 11): ``allow`` let the request pass, which the rule's
+``log`` still does (and says so); ``refuse`` is ``refuse``."""
+
+
+def _parse_content(top: _Section, relay_domains: tuple[str, ...], old_missing: MissingOrderId | None) -> ContentSettings:
+    """The ``content:`` section: what a message that reaches a buyer may contain (docs/content-rules.md)."""
+    content = top.section("content")
+    max_bytes = content.get("max_bytes", DEFAULT_MAX_BYTES, "an integer number of bytes 4096..16777216",
+                            lambda v: type(v) is int and 4096 <= v <= 16 * 1024 * 1024)  # fmt: skip
+    skip_quoted = content.get("skip_quoted", True, "true or false", _is_bool)
+
+    rules = content.section("rules")
+    actions: dict[ContentRule, ContentAction] = {}
+    for rule in ContentRule:
+        key = rule.value.replace("-", "_")
+        allowed = [a.value for a in ContentAction if a is not ContentAction.REMOVE or rule in REMOVABLE_RULES]
+        value = rules.get(key, None, " or ".join(f"'{a}'" for a in allowed), lambda v, ok=allowed: v in ok)
+        if rule is ContentRule.MISSING_ORDER_ID and old_missing is not None:
+            folded = OLD_MISSING_ORDER_ID[old_missing]
+            if value is not None and ContentAction(value) is not folded:
+                raise rules.error(key, f"the same as channels.review.missing_order_id ({old_missing.value} = "
+                                       f"{folded.value}), or remove that old key", value)  # fmt: skip
+            value = folded.value
+        actions[rule] = ContentAction(value) if value is not None else DEFAULT_ACTIONS[rule]
+    rules.done()
+
+    links = content.section("links")
+    domain_list = lambda v: _is_str_list(v) and all(_DOMAIN_RE.match(normalise_domain(d)) for d in v)  # noqa: E731
+    allowed_domains = links.get("allowed_domains", None, "a list of domain names", domain_list)
+    extra_domains = links.get("extra_domains", [], "a list of domain names", domain_list)
+    links.done()
+
+    attachments = content.section("attachments")
+    max_total = attachments.get("max_total_bytes", DEFAULT_MAX_ATTACHMENT_BYTES, "an integer number of bytes",
+                                lambda v: type(v) is int and 0 < v <= 2**40)  # fmt: skip
+    types = attachments.get("types", list(DEFAULT_ATTACHMENT_TYPES), "a list of MIME types such as 'application/pdf' or 'image/*'",
+                            lambda v: isinstance(v, list) and all(isinstance(t, str) and _MIME_TYPE_RE.match(t.strip().lower()) for t in v))  # fmt: skip
+    attachments.done()
+
+    wording = content.section("wording")
+    languages = wording.get("languages", list(LANGUAGES), f"a list of languages among {', '.join(LANGUAGES)}",
+                            lambda v: isinstance(v, list) and all(lang in LANGUAGES for lang in v))  # fmt: skip
+    phrase_list = lambda v: _is_str_list(v) and all(len(p) <= 200 for p in v)  # noqa: E731
+    phrases = wording.get("phrases", None, "a list of phrases (replaces the built-in lists)", phrase_list)
+    extra_phrases = wording.get("extra_phrases", [], "a list of phrases (added to the built-in lists)", phrase_list)
+    wording.done()
+    content.done()
+
+    domains = tuple(normalise_domain(d) for d in allowed_domains) if allowed_domains is not None else DEFAULT_LINK_DOMAINS
+    return ContentSettings(
+        actions=tuple(actions.items()),
+        max_bytes=max_bytes,
+        link_domains=tuple(dict.fromkeys(domains + tuple(normalise_domain(d) for d in extra_domains))),
+        address_domains=relay_domains,
+        attachment_types=tuple(t.strip().lower() for t in types),
+        max_attachment_bytes=max_total,
+        languages=tuple(dict.fromkeys(languages)),
+        phrases=tuple(p.strip() for p in phrases) if phrases is not None else None,
+        extra_phrases=tuple(p.strip() for p in extra_phrases),
+        skip_quoted=skip_quoted,
+    )
 
 
 def load_config(path: Path | str) -> Config:
