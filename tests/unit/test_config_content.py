@@ -19,7 +19,7 @@ def test_defaults() -> None:
     assert {rule: content.action(rule) for rule in ContentRule} == DEFAULT_ACTIONS
     assert content.action(ContentRule.LIST_UNSUBSCRIBE) is ContentAction.REMOVE
     assert content.action(ContentRule.INCENTIVE_WORDING) is ContentAction.LOG
-    assert content.action(ContentRule.MISSING_ORDER_ID) is ContentAction.REFUSE
+    assert content.action(ContentRule.MISSING_ORDER_ID) is ContentAction.LOG
     assert content.link_domains == DEFAULT_LINK_DOMAINS and "dhl.de" in content.link_domains
     assert content.attachment_types == DEFAULT_ATTACHMENT_TYPES
     assert (content.max_bytes, content.max_attachment_bytes, content.skip_quoted) == (262144, 10_000_000, True)

@@ -90,7 +90,10 @@ DEFAULT_ACTIONS: dict[ContentRule, ContentAction] = {
     ContentRule.EMOJI: ContentAction.REFUSE,
     ContentRule.ATTACHMENT_SIZE: ContentAction.REFUSE,
     ContentRule.ATTACHMENT_TYPE: ContentAction.REFUSE,
-    ContentRule.MISSING_ORDER_ID: ContentAction.REFUSE,
+    # Log, not refuse: it keeps what channels.review.missing_order_id: allow did before the rule existed
+    # (review requests without an id passed), and critical messages were never checked. Amazon wants the
+    # id in every proactive message: set refuse once your templates pass `amzguard lint`.
+    ContentRule.MISSING_ORDER_ID: ContentAction.LOG,
     # Wording rules misfire (a buyer's quoted complaint, "no reward is offered"): log only by default.
     ContentRule.INCENTIVE_WORDING: ContentAction.LOG,
 }

@@ -296,7 +296,12 @@ def attachment_type(ctx: Context) -> Iterator[Evidence]:
 
 def order_id_of(ctx: Context) -> str | None:
     """The first order id in the subject, else in the text (as the review channel reads it)."""
-    for text in ctx.texts():
+    return find_order_id(ctx.subject.text) or order_id_in_view(ctx.view)
+
+
+def order_id_in_view(view: ContentView) -> str | None:
+    """The first order id in the decoded text parts of a scanned body."""
+    for text in view.texts:
         found = find_order_id(text.text)
         if found:
             return found
@@ -332,6 +337,9 @@ RULES: tuple[RuleSpec, ...] = (
     RuleSpec(ContentRule.INCENTIVE_WORDING, incentive_wording),
 )
 assert {spec.rule for spec in RULES} == set(ContentRule), "every ContentRule needs a RuleSpec"
+
+ATTACHMENT_RULES: frozenset[ContentRule] = frozenset({ContentRule.ATTACHMENT_SIZE, ContentRule.ATTACHMENT_TYPE})
+"""Rules that need the whole body (every attachment measured), not only its first ``max_bytes`` of text."""
 
 CONTENT_HEADERS: tuple[str, ...] = ("subject", "content-type", "content-transfer-encoding", "content-disposition")
 """Header fields the body rules read: the subject is judged as text, the Content-* fields decode the body."""
