@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:  # `python bench/pipeline.py` as well as `python -
 
 from bench import traffic  # noqa: E402
 from bench.noop_milter import negotiated_steps  # noqa: E402
-from bench.traffic import MIX, Filter  # noqa: E402
+from bench.traffic import Filter  # noqa: E402
 from tests.e2e.harness import SMTP_SINK, PostfixInstance, Sink, free_port  # noqa: E402
 from tests.support.milter_process import MilterProcess, write_config  # noqa: E402
 
@@ -119,6 +119,8 @@ class Setup:
     """"noop" or "amzguard"."""
     socket: str | None = None
     """"unix" or "inet"."""
+    content: bool = True
+    """amzguard's content rules at their defaults (True) or all off."""
 
 
 SETUPS: tuple[Setup, ...] = (
@@ -127,6 +129,7 @@ SETUPS: tuple[Setup, ...] = (
     Setup("noop-inet", "no-op pymilter, inet:", Filter.NONE, "noop", "inet"),
     Setup("amzguard-unix", "amzguard, unix:", Filter.AMZGUARD, "amzguard", "unix"),
     Setup("amzguard-inet", "amzguard, inet:", Filter.AMZGUARD, "amzguard", "inet"),
+    Setup("amzguard-nocontent", "amzguard, no content", Filter.AMZGUARD, "amzguard", "unix", content=False),
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
 SETUP_NAMES = tuple(setup.name for setup in SETUPS)
@@ -162,7 +165,7 @@ def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
         log = workdir / "milter.log"
         process: MilterProcess
         if setup.milter == "amzguard":
-            config = write_config(workdir / "amzguard.yml", libmilter_spec, **traffic.amzguard_sections())
+            config = write_config(workdir / "amzguard.yml", libmilter_spec, **traffic.amzguard_sections(setup.content))
             process = MilterProcess(config, libmilter_spec, log, group="postfix")
         else:
             process = NoopMilterProcess(workdir / "unused.yml", libmilter_spec, log, group="postfix")
@@ -255,8 +258,8 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
     assert isinstance(sink, CountingSink)
     before = sink.received()
     cpu_before = _cpu_seconds(target.milter.pid) if target.milter else None
-    sent = sum(traffic.split(messages, stream) for stream in MIX)
-    expected = sum(traffic.split(messages, s) for s in MIX if s.delivered_with(target.setup.filter))
+    sent = sum(traffic.split(messages, stream) for stream in traffic.MIX)
+    expected = sum(traffic.split(messages, s) for s in traffic.MIX if s.delivered_with(target.setup.filter))
     errors = target.workdir / "smtp-source.err"
     finished: list[float] = []
     lock = threading.Lock()
@@ -270,7 +273,7 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
     with open(errors, "wb") as err:
         start = time.perf_counter()
         try:
-            for stream in MIX:
+            for stream in traffic.MIX:
                 procs.append(
                     subprocess.Popen(
                         _source_command(stream, sessions, messages, files[stream.name], postfix.smtp_port),
@@ -432,7 +435,7 @@ def run_benchmark(
                                 file=sys.stderr, flush=True,
                             )  # fmt: skip
     finally:
-        shutil.rmtree(files[MIX[0].name].parent, ignore_errors=True)
+        shutil.rmtree(files[traffic.MIX[0].name].parent, ignore_errors=True)
     results.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
@@ -455,7 +458,7 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
         f"Python {m.get('python')}, libmilter {m.get('libmilter')}, Linux {m.get('kernel')}",
         f"runs: {results.rounds} round(s) per figure (median; setup order rotated each round), "
         f"{results.messages} messages per run, ~{traffic.MESSAGE_SIZE} B each, a new SMTP session per message",
-        "mix (one smtp-source process per stream, sessions and messages split in these shares):",
+        f"mix {traffic.MIX_NAME} (one smtp-source process per stream, sessions and messages split in these shares):",
         traffic.describe_mix(),
         "  order mail is delivered everywhere; buyer mail is refused at RCPT by amzguard (sender not allowed",
         "  on the review channel) and by the error: transport map; review requests (tag header, from the",
@@ -464,7 +467,9 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
         "accepted/s: messages answered by Postfix (queued or refused) per second of sending;",
         "delivered/s: the same messages per second until the last one that may leave reached the sink.",
         f"no-op milter: {negotiated_steps()}.",
-        "amzguard: HELO, end-of-headers, body, unknown negotiated away; connect, MAIL and headers no-reply;",
+        "amzguard: HELO, end-of-headers, unknown negotiated away; connect, MAIL and headers no-reply; body read",
+        "  only for messages a channel grants to a buyer (others answer the first body chunk with SKIP);",
+        "  'no content': the same amzguard with every content rule off;",
         "  DATA no-reply on unix only (over TCP an unanswered DATA stalls the next packet ~40 ms); only the",
         "  actions it uses (add/delete recipient, change header).",
     ]
@@ -527,7 +532,8 @@ def results_json(results: Results) -> dict[str, object]:
         "rounds": results.rounds,
         "messages": results.messages,
         "sessions": results.sessions,
-        "mix": [{"name": s.name, "kind": s.kind.value, "share": s.share} for s in MIX],
+        "mix_name": traffic.MIX_NAME,
+        "mix": [{"name": s.name, "kind": s.kind.value, "share": s.share} for s in traffic.MIX],
         "setups": {
             name: {
                 str(sessions): {
@@ -560,6 +566,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the instances' directories (logs) afterwards")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
     parser.add_argument("--smoke", action="store_true", help="a few messages, one round (checks the bench works)")
+    parser.add_argument("--mix", choices=sorted(traffic.MIXES), default="standard",
+                        help="standard (mostly order mail) or review (mostly review requests the content rules read)")  # fmt: skip
     return parser
 
 
@@ -570,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.smoke:
         args.rounds, args.messages, args.warmup = 1, 20, 0
+    traffic.select_mix(args.mix)
     wanted = [name.strip() for name in args.setups.split(",") if name.strip()]
     unknown = set(wanted) - set(SETUP_NAMES)
     if unknown:

@@ -331,19 +331,32 @@ def test_split_message_numbers_header_fields_and_body() -> None:
     assert (body, first) == (b"body line\n", 7)
 
 
-NESTED = (FIXTURES / "en_marketing.eml").read_bytes()
+CHUNKED = [(FIXTURES / name).read_bytes() for name in ("en_marketing.eml", "en_attachments.eml", "de_review_multipart.eml")]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cuts=st.lists(st.integers(min_value=0, max_value=len(NESTED)), max_size=12))
-def test_chunking_never_changes_what_is_read(cuts: list[int]) -> None:
-    headers, body, first = split_message(NESTED)
+def _scan(raw: bytes, cuts: list[int]) -> tuple[object, object]:
+    headers, body, first = split_message(raw)
     whole = read_body(headers, body, first, DEFAULTS)
     scanner = BodyScanner(headers, first, DEFAULTS.max_bytes)
     points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
     for start, end in zip(points, points[1:]):
         scanner.feed(body[start:end])
-    assert scanner.finish() == whole
+    return scanner.finish(), whole
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, len(CHUNKED) - 1), cuts=st.lists(st.integers(min_value=0, max_value=12000), max_size=12))
+def test_chunking_never_changes_what_is_read(which: int, cuts: list[int]) -> None:
+    chunked, whole = _scan(CHUNKED[which], cuts)
+    assert chunked == whole
+
+
+@pytest.mark.parametrize("raw", CHUNKED)
+def test_one_byte_chunks_read_the_same(raw: bytes) -> None:
+    headers, body, first = split_message(raw)
+    chunked, whole = _scan(raw, list(range(len(body))))
+    assert chunked == whole
+    assert whole.attachments or whole.texts  # type: ignore[attr-defined]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

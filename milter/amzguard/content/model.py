@@ -162,8 +162,12 @@ class ContentSettings:
                 return action
         return DEFAULT_ACTIONS[rule]
 
+    def table(self) -> dict[ContentRule, ContentAction]:
+        """Every rule's action (the defaults filled in)."""
+        return {**DEFAULT_ACTIONS, **dict(self.actions)}
+
     def active(self) -> frozenset[ContentRule]:
-        return frozenset(rule for rule in ContentRule if self.action(rule) is not ContentAction.OFF)
+        return frozenset(rule for rule, action in self.table().items() if action is not ContentAction.OFF)
 
     def with_actions(self, **changes: ContentAction) -> ContentSettings:
         """A copy with some actions changed (keyword = rule name with underscores); for tests and bench."""

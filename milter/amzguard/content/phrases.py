@@ -110,6 +110,37 @@ def compile_phrases(phrases: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.I)
 
 
+_WORD_RE = re.compile(r"\w+")
+
+
+class PhraseMatcher:
+    """Finds phrases in text; a phrase is only searched for when every word of it occurs in the text.
+
+    One alternation of ~170 phrases tried at every position cost ~0.5 ms on a 1.5 KB review request;
+    the word test (one pass to collect the text's words, then set look-ups) rules out nearly every
+    phrase first, so a clean message costs a few microseconds here.
+    """
+
+    def __init__(self, phrases: Iterable[str]) -> None:
+        unique = sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True)
+        self.phrases = [(frozenset(_WORD_RE.findall(p.lower())), p) for p in unique]
+        self._compiled: dict[str, re.Pattern[str]] = {}
+
+    def finditer(self, text: str) -> list[re.Match[str]]:
+        words = set(_WORD_RE.findall(text.lower()))
+        candidates = [phrase for needed, phrase in self.phrases if needed <= words]
+        if not candidates:
+            return []
+        key = "\0".join(candidates)
+        pattern = self._compiled.get(key)
+        if pattern is None:
+            alternation = "|".join(phrase_pattern(p) for p in candidates)
+            pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.I)
+            if len(self._compiled) < 256:
+                self._compiled[key] = pattern
+        return list(pattern.finditer(text))
+
+
 def incentive_phrases(languages: Iterable[str], replaced: tuple[str, ...] | None, extra: Iterable[str]) -> list[str]:
     base = list(replaced) if replaced is not None else [p for lang in languages for p in INCENTIVE_PHRASES[lang]]
     return base + list(extra)

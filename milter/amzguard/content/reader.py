@@ -21,9 +21,6 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from html.parser import HTMLParser
 
 from .. import orderid
 
@@ -109,17 +106,35 @@ def decoded_header(value: str) -> str:
     return " ".join(orderid.decoded_header(value).split())
 
 
+PART_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
+"""The only fields of a part's header the scanner reads."""
+
+
+def part_header(fields: Iterable[tuple[str, str]]) -> Message:
+    """A ``Message`` holding only the Content-* fields, so the stdlib's parameter parsing (boundary,
+    charset, RFC 2231 file names) can be used without its feed parser, which cost ~0.2 ms per part."""
+    message = Message()
+    for name, value in fields:
+        if name.strip().casefold() in PART_FIELDS:
+            message[name.strip()] = " ".join(value.split())
+    return message
+
+
 def parse_part_header(block: bytes) -> Message:
-    return BytesHeaderParser(policy=compat32).parsebytes(block)
+    """A part's raw header block (CRLF lines, folded lines allowed)."""
+    fields: list[list[str]] = []
+    for raw in block.decode("utf-8", "surrogateescape").split("\r\n"):
+        if raw[:1] in (" ", "\t") and fields:
+            fields[-1][1] += " " + raw.strip()
+        elif ":" in raw:
+            name, _, value = raw.partition(":")
+            fields.append([name, value])
+    return part_header((name, value) for name, value in fields)
 
 
 def top_part_header(headers: Iterable[HeaderField]) -> Message:
-    """The top-level Content-Type/-Transfer-Encoding/-Disposition as one header block, for the scanner."""
-    wanted = ("content-type", "content-transfer-encoding", "content-disposition")
-    block = "".join(
-        f"{field.name}: {' '.join(field.value.split())}\r\n" for field in headers if field.name.casefold() in wanted
-    )
-    return parse_part_header(block.encode("utf-8", "surrogateescape") + b"\r\n")
+    """The top-level Content-Type/-Transfer-Encoding/-Disposition, for the scanner."""
+    return part_header((field.name, field.value) for field in headers)
 
 
 @dataclass(slots=True)
@@ -132,64 +147,98 @@ class _Part:
     encoding: str
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     size: int = 0
+    chars: int = 0
+    """base64 characters of an attachment (its size is 3/4 of them, taken when the part ends)."""
 
 
-class _HtmlReader(HTMLParser):
-    """Text, links and images of an HTML part; positions are the parser's lines, mapped by the caller."""
+_TOKEN_RE = re.compile(
+    r"""<!--.*?(?:-->|\Z)                                   # comment (also an unclosed one)
+      | <(?P<end>/?)(?P<tag>[A-Za-z][A-Za-z0-9:-]*)
+        (?P<attrs>(?:[^>"']|"[^"]*"|'[^']*')*)>             # start or end tag, quoted '>' allowed
+      | <[!?][^>]*>                                          # doctype, processing instruction
+    """,
+    re.S | re.X,
+)
+_ATTR_RE = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
+_SKIPPED = ("style", "script", "head", "title")
+_BREAKS = frozenset({"br", "p", "div", "tr", "li", "td", "table", "h1", "h2", "h3", "h4", "h5", "h6"})
 
-    SKIPPED = frozenset({"style", "script", "head", "title"})
-    BREAKS = frozenset({"br", "p", "div", "tr", "li", "td", "table", "h1", "h2", "h3", "h4", "h5", "h6"})
 
-    def __init__(self, skip_quoted: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.skip_quoted = skip_quoted
-        self.pieces: list[tuple[int, str]] = []
-        self.links: list[tuple[int, str, list[str]]] = []
-        self.images: list[tuple[int, str, int | None, int | None]] = []
-        self._skipping = 0
-        self._quoted = 0
-        self._anchor: list[str] | None = None
+def _attributes(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in _ATTR_RE.findall(text):
+        if value[:1] in ("'", '"'):
+            value = value[1:-1]
+        values.setdefault(name.lower(), html.unescape(value))
+    return values
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        line = self.getpos()[0]
-        values = {name: value or "" for name, value in attrs}
-        if tag in self.SKIPPED:
-            self._skipping += 1
-        elif tag == "blockquote" and self.skip_quoted:
-            self._quoted += 1
-        if tag in self.BREAKS:
-            self.pieces.append((line, "\n"))
-        if self._skipping or self._quoted:
-            return
-        if tag in ("a", "area") and values.get("href", "").strip():
-            self._anchor = [] if tag == "a" else None
-            self.links.append((line, values["href"].strip(), self._anchor if self._anchor is not None else []))
-        elif tag == "img" and values.get("src", "").strip():
-            width = _pixels(values.get("width"), values.get("style"), "width")
-            height = _pixels(values.get("height"), values.get("style"), "height")
-            self.images.append((line, values["src"].strip(), width, height))
 
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag in self.SKIPPED:
-            self._skipping -= 1
+def read_html(source: str, skip_quoted: bool) -> tuple[
+    list[tuple[int, str]], list[tuple[int, str, str]], list[tuple[int, str, int | None, int | None]]
+]:  # fmt: skip
+    """Visible text, links and images of an HTML part, each with its 0-based line in ``source``.
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIPPED and self._skipping:
-            self._skipping -= 1
-        elif tag == "blockquote" and self._quoted:
-            self._quoted -= 1
-        elif tag == "a":
-            self._anchor = None
-        if tag in self.BREAKS:
-            self.pieces.append((self.getpos()[0], "\n"))
-
-    def handle_data(self, data: str) -> None:
-        if self._skipping or self._quoted or not data:
-            return
-        self.pieces.append((self.getpos()[0], data))
-        if self._anchor is not None:
-            self._anchor.append(data)
+    A regular-expression tokenizer rather than html.parser: it never raises on broken markup and is
+    several times faster (html.parser cost ~0.5 ms for a 1.5 KB review request, most of its judgement).
+    Text inside <style>, <script>, <head> and <title> and comments is no text a reader shows.
+    """
+    pieces: list[tuple[int, str]] = []
+    links: list[tuple[int, str, str]] = []
+    images: list[tuple[int, str, int | None, int | None]] = []
+    line = 0
+    position = 0
+    quoted = 0
+    anchor: list[str] | None = None
+    anchor_index = -1
+    length = len(source)
+    while position < length:
+        match = _TOKEN_RE.search(source, position)
+        end = match.start() if match else length
+        if end > position:
+            text = source[position:end]
+            if not quoted:
+                data = html.unescape(text)
+                if data.strip():
+                    pieces.append((line + text.count("\n", 0, len(text) - len(text.lstrip())), data))
+                    if anchor is not None:
+                        anchor.append(data)
+            line += text.count("\n")
+        if match is None:
+            break
+        token = match[0]
+        tag = (match["tag"] or "").lower()
+        closing = bool(match["end"])
+        position = match.end()
+        if tag in _SKIPPED and not closing:
+            close = re.compile(rf"</{tag}\s*>", re.I).search(source, position)
+            stop = close.end() if close else length
+            line += token.count("\n") + source.count("\n", position, stop)
+            position = stop
+            continue
+        if tag == "blockquote" and skip_quoted:
+            quoted = max(quoted + (-1 if closing else 1), 0)
+        if tag in _BREAKS:
+            pieces.append((line, "\n"))
+        if tag and not closing and not quoted:
+            if tag in ("a", "area", "img"):
+                values = _attributes(match["attrs"])
+                if tag == "img" and values.get("src", "").strip():
+                    width = _pixels(values.get("width"), values.get("style"), "width")
+                    height = _pixels(values.get("height"), values.get("style"), "height")
+                    images.append((line, values["src"].strip(), width, height))
+                elif tag != "img" and values.get("href", "").strip():
+                    links.append((line, values["href"].strip(), ""))
+                    if tag == "a":
+                        anchor, anchor_index = [], len(links) - 1
+        elif tag == "a" and closing and anchor is not None:
+            url_line, url, _ = links[anchor_index]
+            links[anchor_index] = (url_line, url, " ".join("".join(anchor).split()))
+            anchor = None
+        line += token.count("\n")
+    if anchor is not None:
+        url_line, url, _ = links[anchor_index]
+        links[anchor_index] = (url_line, url, " ".join("".join(anchor).split()))
+    return pieces, links, images
 
 
 _CSS_RE = {
@@ -330,19 +379,66 @@ class BodyScanner:
     def feed(self, chunk: bytes) -> None:
         self.body_bytes += len(chunk)
         data = self._pending + chunk if self._pending else chunk
-        lines = data.split(b"\n")
-        self._pending = lines.pop()
-        midline = self._midline
-        for raw in lines:
-            self._line_of(raw, midline)
-            midline = False
-        self._midline = False
-        if len(self._pending) > MAX_PENDING:
-            self._line_of(self._pending, midline, ended=False)
-            self._pending = b""
+        self._pending = b""
+        position = 0
+        length = len(data)
+        while position < length:
+            if self._bulk():
+                position, stop = self._skim(data, position)
+                if stop:
+                    break
+                continue
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                break
+            self._line_of(data[position:newline], self._midline)
+            self._midline = False
+            position = newline + 1
+        rest = data[position:]
+        if len(rest) > MAX_PENDING:
+            self._line_of(rest, self._midline, ended=False)
             self._midline = True
-        elif midline:
-            self._midline = True
+        else:
+            self._pending = rest
+
+    def _bulk(self) -> bool:
+        """Whether only boundary lines matter now: inside an attachment, a preamble or an epilogue."""
+        if self._state == "skip":
+            return True
+        part = self._part
+        return self._state == "body" and (part is None or part.kind in ("attachment", "skip"))
+
+    def _skim(self, data: bytes, position: int) -> tuple[int, bool]:
+        """Pass over lines that cannot be a boundary without a Python step per line (a 10 MB attachment
+        is ~135,000 lines; bytes.find scans in C). Returns where to go on, and whether to stop there and
+        keep the rest as a partial line."""
+        if not self._midline and data.startswith(b"--", position):
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                return position, True
+            self._line_of(data[position:newline], False)
+            return newline + 1, False
+        candidate = data.find(b"\n--", position)
+        if candidate >= 0:
+            self._account(data[position : candidate + 1])
+            self._midline = False
+            return candidate + 1, False
+        last = data.rfind(b"\n", position)
+        if last >= 0:
+            self._account(data[position : last + 1])
+            self._midline = False
+            return last + 1, True
+        return position, True
+
+    def _account(self, lines: bytes) -> None:
+        """Whole lines of a bulk state: counted, and measured when they belong to an attachment."""
+        self._line += lines.count(b"\n") - (1 if self._midline else 0)
+        part = self._part
+        if self._state == "body" and part is not None and part.kind == "attachment":
+            if part.encoding == "base64":
+                part.chars += len(lines.translate(None, b" \t\r\n"))
+            else:
+                part.size += len(lines)
 
     def _line_of(self, raw: bytes, midline: bool, ended: bool = True) -> None:
         if not midline:
@@ -352,7 +448,7 @@ class BodyScanner:
             return
         state = self._state
         if state == "body":
-            self._body_line(line, ended)
+            self._body_line(raw, line, ended)
         elif state == "header":
             self._header_line_of(line)
 
@@ -407,15 +503,16 @@ class BodyScanner:
         self._part = _Part(header=header, line=line, kind=kind, encoding=encoding)
         self._state = "body"
 
-    def _body_line(self, line: bytes, ended: bool = True) -> None:
+    def _body_line(self, raw: bytes, line: bytes, ended: bool = True) -> None:
         part = self._part
         if part is None:
             return
         if part.kind == "attachment":
+            # Measured as the bytes that pass (base64: 3/4 of its characters), never kept.
             if part.encoding == "base64":
-                part.size += len(line.strip()) * 3 // 4
+                part.chars += len(raw.translate(None, b" \t\r\n"))
             else:
-                part.size += len(line) + (2 if ended else 0)  # the line break, as CRLF
+                part.size += len(raw) + (1 if ended else 0)
         elif part.kind != "skip":
             if self._kept + len(line) > self.max_bytes:
                 self.truncated = True
@@ -434,9 +531,8 @@ class BodyScanner:
             filename = part.header.get_filename() or ""
             if not isinstance(filename, str):
                 filename = str(filename)
-            self._attachments.append(
-                Attachment(part.header.get_content_type(), decoded_header(filename), part.size, part.line)
-            )
+            size = part.size + part.chars * 3 // 4
+            self._attachments.append(Attachment(part.header.get_content_type(), decoded_header(filename), size, part.line))
             return
         if part.kind == "skip" or not part.lines:
             return
@@ -450,23 +546,18 @@ class BodyScanner:
             self._texts.append(block(pieces, "text"))
 
     def _html(self, pieces: list[tuple[int, str]]) -> None:
-        reader = _HtmlReader(self.skip_quoted)
         numbers = [line for line, _ in pieces]
 
-        def message_line(parser_line: int) -> int:
-            return numbers[min(max(parser_line - 1, 0), len(numbers) - 1)] if numbers else 0
+        def message_line(index: int) -> int:
+            return numbers[min(index, len(numbers) - 1)] if numbers else 0
 
-        try:
-            reader.feed("\n".join(text for _, text in pieces))
-            reader.close()
-        except (AssertionError, ValueError):  # old HTMLParser versions raise on some broken markup
-            pass
-        text_pieces = [(message_line(line), " ".join(data.split()) if data != "\n" else "") for line, data in reader.pieces]
+        texts, links, images = read_html("\n".join(text for _, text in pieces), self.skip_quoted)
+        text_pieces = [(message_line(line), " ".join(data.split()) if data != "\n" else "") for line, data in texts]
         self._texts.append(block(((line, text) for line, text in text_pieces if text), "html", " "))
-        for line, url, label in reader.links:
-            self._links.append(Link(html.unescape(url), message_line(line), " ".join("".join(label).split())))
-        for line, url, width, height in reader.images:
-            self._images.append(Image(html.unescape(url), message_line(line), width, height))
+        for line, url, label in links:
+            self._links.append(Link(url, message_line(line), label))
+        for line, url, width, height in images:
+            self._images.append(Image(url, message_line(line), width, height))
 
     def finish(self) -> ContentView:
         if self._pending:
@@ -485,34 +576,41 @@ class BodyScanner:
 
 def split_message(raw: bytes) -> tuple[list[HeaderField], bytes, int]:
     """A message file as the MTA would pass it: header fields with their lines, the body, and the line
-    the body starts on. Folded fields are unfolded the way the milter receives them (line breaks kept)."""
+    the body starts on. Folded fields keep their line breaks, as the milter receives them. An mbox
+    ``From `` line before the header is skipped."""
     fields: list[HeaderField] = []
-    lines = raw.split(b"\n")
-    index = 0
     current: list[bytes] = []
     start = 0
-    while index < len(lines):
-        line = lines[index].rstrip(b"\r")
+    number = 0
+    position = 0
+    body_at = len(raw)
+    body_line = 0
+    while position < len(raw):
+        newline = raw.find(b"\n", position)
+        end = newline if newline >= 0 else len(raw)
+        line = raw[position:end].rstrip(b"\r")
+        number += 1
+        following = end + 1
         if not line.strip():
+            body_at, body_line = following, number + 1
             break
         if line[:1] in (b" ", b"\t") and current:
             current.append(line)
-        else:
+        elif b":" in line or (number == 1 and line.startswith(b"From ")):
             if current:
                 fields.append(_field(current, start))
-            if b":" not in line and not line.startswith(b"From "):
-                # Not a header line: the body starts here (a message without a blank line after its header).
-                break
-            current = [line] if not line.startswith(b"From ") else []
-            start = index + 1
-        index += 1
+            current = [] if line.startswith(b"From ") and number == 1 else [line]
+            start = number
+        else:
+            # Not a header line: the body starts here (a message without a blank line after its header).
+            body_at, body_line = position, number
+            break
+        position = following
     else:
-        index = len(lines)
+        body_line = number + 1
     if current:
         fields.append(_field(current, start))
-    body_start = index + 1 if index < len(lines) and not lines[index].strip() else index
-    body = b"\n".join(lines[body_start:])
-    return fields, body, body_start + 1
+    return fields, raw[body_at:], body_line
 
 
 def _field(lines: list[bytes], line: int) -> HeaderField:

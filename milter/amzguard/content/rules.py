@@ -25,7 +25,7 @@ from .model import (
     ContentVerdict,
     Finding,
 )
-from .phrases import OPT_OUT_PHRASES, OPT_OUT_URL_RE, compile_phrases, incentive_phrases
+from .phrases import OPT_OUT_PHRASES, OPT_OUT_URL_RE, PhraseMatcher, compile_phrases, incentive_phrases
 from .reader import ContentView, HeaderField, Link, TextBlock, block, decoded_header
 
 MAX_FINDINGS_PER_RULE = 10
@@ -203,7 +203,7 @@ def _phone_candidates(text: str) -> Iterator[tuple[int, str]]:
             group = 1 if pattern.groups else 0
             number = match[group].strip(" -./")
             start = match.start(group)
-            digits = sum(char.isdigit() for char in number)
+            digits = sum(map(str.isdigit, number))
             if not 7 <= digits <= 15 or _DATE_RE.match(number):
                 continue
             if any(start < end and begin < start + len(number) for begin, end in orders):
@@ -243,15 +243,13 @@ def emoji(ctx: Context) -> Iterator[Evidence]:
 
 
 @lru_cache(maxsize=16)
-def _incentive_re(languages: tuple[str, ...], replaced: tuple[str, ...] | None, extra: tuple[str, ...]) -> re.Pattern[str] | None:
-    return compile_phrases(incentive_phrases(languages, replaced, extra))
+def _incentive_matcher(languages: tuple[str, ...], replaced: tuple[str, ...] | None, extra: tuple[str, ...]) -> PhraseMatcher:
+    return PhraseMatcher(incentive_phrases(languages, replaced, extra))
 
 
 def incentive_wording(ctx: Context) -> Iterator[Evidence]:
     settings = ctx.settings
-    pattern = _incentive_re(settings.languages, settings.phrases, settings.extra_phrases)
-    if pattern is None:
-        return
+    pattern = _incentive_matcher(settings.languages, settings.phrases, settings.extra_phrases)
     for text in ctx.texts():
         for match in pattern.finditer(text.text):
             yield f'wording "{" ".join(match[0].split())}"', text.line_at(match.start())
@@ -388,8 +386,9 @@ def judge_content(
     active rule needed it). ``proactive``: a review request or a critical message (the order-id rule)."""
     ctx = Context(settings, tuple(headers), subject_block(headers), view or ContentView(), proactive)
     findings: list[Finding] = []
+    actions = settings.table()
     for spec in RULES:
-        action = settings.action(spec.rule)
+        action = actions[spec.rule]
         if action is ContentAction.OFF or (spec.needs_body and view is None and spec.rule is not ContentRule.MISSING_ORDER_ID):
             continue
         seen: set[str] = set()
