@@ -123,12 +123,20 @@ class PhraseMatcher:
 
     def __init__(self, phrases: Iterable[str]) -> None:
         unique = sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True)
-        self.phrases = [(frozenset(_WORD_RE.findall(p.lower())), p) for p in unique]
+        # Each phrase is filed under its longest word; only phrases filed under a word of the text are
+        # looked at further (one set intersection instead of a test per phrase).
+        self.by_word: dict[str, list[tuple[int, frozenset[str], str]]] = {}
+        for order, phrase in enumerate(unique):
+            needed = frozenset(_WORD_RE.findall(phrase.lower()))
+            if needed:
+                self.by_word.setdefault(max(needed, key=len), []).append((order, needed, phrase))
+        self.keys = frozenset(self.by_word)
         self._compiled: dict[str, re.Pattern[str]] = {}
 
     def finditer(self, text: str) -> list[re.Match[str]]:
         words = set(_WORD_RE.findall(text.lower()))
-        candidates = [phrase for needed, phrase in self.phrases if needed <= words]
+        found = [(order, phrase) for key in self.keys & words for order, needed, phrase in self.by_word[key] if needed <= words]
+        candidates = [phrase for _, phrase in sorted(found)]
         if not candidates:
             return []
         key = "\0".join(candidates)

@@ -196,9 +196,24 @@ _PHONE_RES = (
 _DATE_RE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")
 
 
+_PHONE_LABELS = ("tel", "fon", "phone", "fax", "mobil", "handy", "cell", "whatsapp", "hotline", "móvil")
+
+
+def _phone_patterns(text: str) -> Iterator[re.Pattern[str]]:
+    """The phone patterns worth running on ``text`` (cheap substring tests first: each pattern tried at
+    every position of a 1.5 KB text cost ~0.1 ms)."""
+    if "+" in text or "00" in text:
+        yield _PHONE_RES[0]
+    lower = text.lower()
+    if any(label in lower for label in _PHONE_LABELS):
+        yield _PHONE_RES[1]
+    if "-" in text or "." in text or "(" in text:
+        yield _PHONE_RES[2]
+
+
 def _phone_candidates(text: str) -> Iterator[tuple[int, str]]:
     orders = [(m.start(), m.end()) for m in ORDER_ID_RE.finditer(text)]
-    for pattern in _PHONE_RES:
+    for pattern in _phone_patterns(text):
         for match in pattern.finditer(text):
             group = 1 if pattern.groups else 0
             number = match[group].strip(" -./")
