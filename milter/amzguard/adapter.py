@@ -64,8 +64,11 @@ class Snapshot:
 
     @classmethod
     def of(cls, config: Config, previous: Snapshot | None = None) -> Snapshot:
-        # The store object (its connections, its review lock) survives a reload that leaves it as it was.
-        if previous is not None and previous.config.store == config.store:
+        # The store object (its connections, its review lock) survives a reload that leaves the store
+        # itself as it was: only the file and the retention identify it (store.on_error is how the milter
+        # reacts to its failures; a second store object would bring a second review lock, which
+        # connections still on the old snapshot would not respect).
+        if previous is not None and _store_identity(previous.config) == _store_identity(config):
             store = previous.store
         else:
             store = OptOutStore(config.store.path, config.store.retention_days)
@@ -128,6 +131,10 @@ class Runtime:
             return self._messages_in_progress
 
 
+def _store_identity(config: Config) -> tuple[object, ...]:
+    return (config.store.path, config.store.retention_days)
+
+
 def check_store(snapshot: Snapshot) -> None:
     """Say at start (and reload) whether the store the config needs can be used, instead of at the first
     review request; the milter runs either way (a store that appears later is picked up)."""
@@ -169,7 +176,7 @@ def guarded(stage: MilterStage, replies: bool) -> Callable[[F], F]:
                 return func(self, *args)
             except Exception:
                 self.record_failure(stage)
-                return self.error_reply(final=stage is MilterStage.EOM) if replies else Milter.CONTINUE
+                return self.failure_reply(stage) if replies else Milter.CONTINUE
 
         return wrapper  # type: ignore[return-value]
 
@@ -254,6 +261,14 @@ class AmzguardMilter(Milter.Base):
         self.metrics.error(stage)
         self.failed_stage = self.failed_stage or stage.value
 
+    def failure_reply(self, stage: MilterStage) -> int:
+        """The answer to an exception in a callback that may reply: at RCPT only on the SMTP path (a
+        tempfail at RCPT of a sendmail(1) submission is a Postfix milter configuration error); the failure
+        is remembered and answered at end of message otherwise."""
+        if stage is MilterStage.RCPT:
+            return self._rcpt_error()
+        return self.error_reply(final=stage is MilterStage.EOM)
+
     def error_reply(self, final: bool = False) -> int:
         """The configured answer to an internal error, in a form legal at the current callback.
 
@@ -293,7 +308,12 @@ class AmzguardMilter(Milter.Base):
             return self._rcpt_error()
         with self.metrics.deciding(DecisionStage.RCPT):
             snapshot = self.snapshot
-            recipient = classify_recipient(to, snapshot.policy.settings.buyers)
+            smtp = self.path is SubmissionPath.SMTP
+            # {rcpt_addr} is a RCPT macro: readable here only. On the SMTP path it is trivial-rewrite's
+            # resolved recipient, the address qmgr relays to; on the sendmail(1) path it merely repeats
+            # the envrcpt text (measured on Postfix 3.7.11), so only smtpd's is used.
+            resolved = self.getsymval("{rcpt_addr}") if smtp else None
+            recipient = classify_recipient(to, snapshot.policy.settings.buyers, resolved=resolved, smtp=smtp)
             decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
             if decision is None:
                 self.recipients.append(recipient)
@@ -305,7 +325,7 @@ class AmzguardMilter(Milter.Base):
                 # again at end of message (one would-be decision per recipient, as in enforce mode).
                 self.rcpt_passed += 1
                 return Milter.CONTINUE
-            reject = snapshot.policy.rcpt_reject(recipient)
+            reject = snapshot.policy.rcpt_reject(recipient, decision.reason)
             self.setreply(reject.code, reject.status, reject.text)
             self.rcpt_refused += 1
             return Milter.REJECT
@@ -374,17 +394,32 @@ class AmzguardMilter(Milter.Base):
                 self.metrics.bad_token(channel)
             questions = policy.store_questions(facts, self.recipients)
             if not questions:
-                return self._judge(facts)
-            store = self.snapshot.store
-            with store.review_lock:  # from look-up to record: a second request for the order waits here
-                try:
-                    facts = store.answer(questions, facts)
-                except StoreError as exc:
-                    if self._store_failed(exc, StoreOperation.LOOKUP):
-                        return self._store_tempfail()
-                return self._judge(facts)
+                verdict = self._judge(facts)
+            else:
+                store = self.snapshot.store
+                # From look-up to record: a second request for the order waits here. Only deciding and
+                # recording happen under the lock; the answer to the MTA is written after it is released,
+                # so a slow MTA socket never holds up the other connections' review requests.
+                with store.review_lock:
+                    try:
+                        facts = store.answer(questions, facts)
+                    except StoreError as exc:
+                        if self._store_failed(exc, StoreOperation.LOOKUP):
+                            return self._store_tempfail()
+                    verdict = self._judge(facts)
+            if verdict is None:
+                return self._store_tempfail()
+            plan, decisions, recorded = verdict
+            if facts.order_id:
+                log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
+            for decision in decisions:
+                self._log_decision(decision, "eom")
+            if recorded:
+                self._purge_store()
+            return self._apply(plan)
 
-    def _judge(self, facts: MessageFacts) -> int:
+    def _judge(self, facts: MessageFacts) -> tuple[MessagePlan, tuple[Decision, ...], bool] | None:
+        """Decide and record (no MTA I/O); None when the message must be tempfailed for the store."""
         policy = self.snapshot.policy
         decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
         plan = policy.plan(facts, decisions, self.header_counts)
@@ -397,12 +432,17 @@ class AmzguardMilter(Milter.Base):
                 # message not remembered only weakens a later thread check: that message goes on.
                 must_record = any(isinstance(record, ReviewSent) for record in records)
                 if self._store_failed(exc, StoreOperation.RECORD, must_record):
-                    return self._store_tempfail()
-        if facts.order_id:
-            log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
-        for decision in decisions:
-            self._log_decision(decision, "eom")
-        return self._apply(plan)
+                    return None
+                return plan, decisions, False
+        return plan, decisions, bool(records)
+
+    def _purge_store(self) -> None:
+        """The hourly purge, after the record committed and apart from it: its failure is logged and
+        counted, and changes nothing for the message (a tempfail would make the retry a duplicate)."""
+        try:
+            self.snapshot.store.purge_if_due()
+        except StoreError as exc:
+            self._store_failed(exc, StoreOperation.PURGE, needed=False)
 
     def _store_failed(self, exc: StoreError, operation: StoreOperation, needed: bool = True) -> bool:
         """Log and count a store failure; True when the message must be tempfailed (``store.on_error``)."""
@@ -411,6 +451,8 @@ class AmzguardMilter(Milter.Base):
         settings = self.snapshot.policy.settings
         tempfail = needed and self.snapshot.config.store.on_error == "tempfail" and settings.mode is Mode.ENFORCE
         consequence = "message tempfailed" if tempfail else "message judged without it"
+        if operation is StoreOperation.PURGE:
+            consequence = "message not affected"
         log.error("%s: opt-out store unavailable (%s): %s; %s (store.on_error=%s)", self.queue_id(),
                   operation.value, exc, consequence, self.snapshot.config.store.on_error)  # fmt: skip
         return tempfail
@@ -442,10 +484,8 @@ class AmzguardMilter(Milter.Base):
     # -- applying the plan -------------------------------------------------------------------------
 
     def _apply(self, plan: MessagePlan) -> int:
-        if plan.reject is not None:
-            self.setreply(plan.reject.code, plan.reject.status, plan.reject.text)
-            self._finish_message(MessageResult.REJECTED)
-            return Milter.REJECT
+        # Changes first, even before a REJECT: Postfix applies header edits as they arrive, so a message it
+        # bounces (sendmail(1) path) no longer carries the review tag (see MessagePlan).
         for change in plan.changes:
             match change:
                 case DeleteRecipient(address=address):
@@ -456,6 +496,10 @@ class AmzguardMilter(Milter.Base):
                     self.addrcpt(address, params)
                 case DeleteHeader(name=name, index=index):
                     self.chgheader(name, index, None)
+        if plan.reject is not None:
+            self.setreply(plan.reject.code, plan.reject.status, plan.reject.text)
+            self._finish_message(MessageResult.REJECTED)
+            return Milter.REJECT
         self._finish_message(MessageResult.MODIFIED if plan.changes else MessageResult.ACCEPTED)
         return Milter.ACCEPT
 

@@ -15,15 +15,13 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from .queued import delete_argument, quote_local, smtp_queued_form
+
 # Dots that IDNA maps to U+002E: an SMTPUTF8 domain written with them routes like the ASCII one.
 _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 # A normalised (lower-case, ASCII) DNS name with at least two labels.
 DOMAIN_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
-
-# Characters allowed unquoted in a dot-atom local part (RFC 5322 atext plus the dot).
-_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -87,30 +85,6 @@ def _strip_comments(text: str) -> str:
         elif depth == 0:
             out.append(char)
     return "".join(out)
-
-
-def _split_at_last_unquoted_at(text: str) -> tuple[str, str | None]:
-    if '"' not in text and "\\" not in text:  # the common case: no quoting, so the last '@' splits
-        split = text.rfind("@")
-        return (text, None) if split < 0 else (text[:split], text[split + 1 :])
-    quoted = False
-    escaped = False
-    split = -1
-    for index, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "@" and not quoted:
-            split = index
-    if quoted:
-        # Unterminated quote: do not let it hide the domain; read it as the MTA's resolver would.
-        split = text.rfind("@")
-    if split < 0:
-        return text, None
-    return text[:split], text[split + 1 :]
 
 
 def _unquote_local(local: str) -> str:
@@ -179,46 +153,80 @@ def parse_address(raw: object) -> Address:
         text = text[:-1].strip()
     if text.startswith("@") and ":" in text:
         text = text.split(":", 1)[1].strip()
-    local_text, domain_text = _split_at_last_unquoted_at(text)
-    local = _unquote_local(local_text)
-    domain = normalise_domain(domain_text) if domain_text is not None else ""
+    # Postfix reads an address in its internal form (quotes and quoted-pairs gone) and splits it at the
+    # last '@': "q7x@marketplace.amazon.de" and q7x\@marketplace.amazon.de are relayed to that domain.
+    local, at, domain_text = _unquote_local(text).rpartition("@")
+    if not at:
+        local = domain_text
+    domain = normalise_domain(domain_text) if at else ""
     return Address(raw=original, local=local, domain=domain)
 
 
 def format_address(local: str, domain: str) -> str:
     """Write local@domain, quoting the local part when it is not a plain dot-atom."""
-    if _DOT_ATOM.fullmatch(local):  # the usual case, decided without a per-character loop
-        return f"{local}@{domain}" if domain else local
-    needs_quotes = (
-        not local
-        or local.startswith(".")
-        or local.endswith(".")
-        or ".." in local
-        or any(
-            (char not in _ATEXT and ord(char) < 128) or char.isspace() or not char.isprintable() for char in local
-        )
-    )
-    if needs_quotes:
-        escaped = local.replace("\\", "\\\\").replace('"', '\\"')
-        local = f'"{escaped}"'
-    return f"{local}@{domain}" if domain else local
+    quoted = quote_local(local)
+    # An '@' in a local part without a domain keeps its empty domain: "a@b" alone would read as a@b.
+    return f"{quoted}@{domain}" if domain or "@" in local else quoted
 
 
-def routed_forms(address: Address) -> tuple[Address, ...]:
-    """The address plus every mailbox it may be routed to by old relaying syntax.
+MAX_ROUTED_FORMS = 64
+"""Forms collected per address. Real routing forms have one to three; a spelling with more routing
+operators than this is pathological and is treated as a buyer whose route is unknown (fail closed)."""
 
-    Postfix still honours the percent hack (``user%host@local``) and bang paths (``host!user@local``)
-    for local domains by default; a buyer address hidden that way must be recognised too.
+
+def has_routing_syntax(local: str) -> bool:
+    """Whether a local part still holds operators Postfix's resolver may act on (``@``, ``%``, ``!``)."""
+    return "@" in local or "%" in local or "!" in local
+
+
+def _unwrap(local: str) -> list[tuple[str, str]]:
+    """Every (local, domain) a local part may be rewritten to once its domain was stripped as local.
+
+    Postfix picks one (trivial-rewrite resolve.c and rewrite.c): a source route goes, then ``@`` (split at
+    the last), else the first ``!`` (``host!user``, ``swap_bangpath``), else the rightmost ``%``
+    (``allow_percent_hack``); a quoted local part is cracked open the same way
+    (``resolve_dequoted_address``). Taking every one of them is a superset of any Postfix configuration.
     """
-    forms = [address]
-    local = address.local
-    if "%" in local:
-        inner_local, inner_domain = local.rsplit("%", 1)
-        forms.append(Address(address.raw, inner_local.strip(), normalise_domain(inner_domain)))
+    if local.startswith("@") and ":" in local:
+        local = local.split(":", 1)[1]
+    found: list[tuple[str, str]] = []
+    if "@" in local:
+        head, _, tail = local.rpartition("@")
+        found.append((head, tail))
     if "!" in local:
-        host, user = local.split("!", 1)
-        forms.append(Address(address.raw, user.strip(), normalise_domain(host)))
-    return tuple(forms)
+        host, _, user = local.partition("!")
+        found.append((user, host))
+        host, _, user = local.rpartition("!")
+        found.append((user, host))
+    if "%" in local:
+        head, _, tail = local.rpartition("%")
+        found.append((head, tail))
+    return found
+
+
+def routed_forms(address: Address) -> tuple[tuple[Address, ...], bool]:
+    """The address and every mailbox Postfix could route it to, assuming that any domain might be local.
+
+    Postfix's resolver strips every *local* domain and rewrites what is left of the local part, repeated
+    until nothing changes (``x@marketplace.amazon.de@[127.0.0.1]``, ``x%marketplace.amazon.de%shop@shop``,
+    ``shop!marketplace.amazon.de!x@shop`` all reach ``x@marketplace.amazon.de`` when the right-hand domain
+    is local). Which domains are local only Postfix knows, so every form is collected: an
+    over-approximation, so that the buyer test fails closed. Returns the forms (the address first) and
+    whether the search finished within ``MAX_ROUTED_FORMS``.
+    """
+    forms: dict[tuple[str, str], Address] = {(address.local, address.domain): address}
+    pending = [address.local]
+    while pending:
+        for inner_local, inner_domain in _unwrap(pending.pop()):
+            form = Address(address.raw, inner_local.strip(), normalise_domain(inner_domain))
+            key = (form.local, form.domain)
+            if key in forms:
+                continue
+            if len(forms) >= MAX_ROUTED_FORMS:
+                return tuple(forms.values()), False
+            forms[key] = form
+            pending.append(form.local)
+    return tuple(forms.values()), True
 
 
 def domain_matches(domain: str, suffixes: tuple[str, ...] | frozenset[str]) -> bool:
@@ -256,12 +264,24 @@ class Recipient:
     """An envelope recipient with what the policy needs to know about it."""
 
     address: Address
+    """The address amzguard judges: the one Postfix routes to when Postfix said so (``{rcpt_addr}`` on
+    the SMTP path), else the envelope address as the milter got it. ``address.raw`` is the envrcpt text."""
     relay: bool
-    """The domain is an Amazon buyer relay domain (``marketplace.amazon.<tld>`` or below)."""
+    """Some form the address may be routed to has an Amazon buyer relay domain (``marketplace.amazon.<tld>``)."""
     marked: bool
-    """The local part carries a marker prefix (``blacklisted-``) set by a shop plugin."""
+    """Some form the address may be routed to has a marker prefix (``blacklisted-``) set by a shop plugin."""
     unmarked: str | None
-    """For marked recipients: the address with the marker removed, as the review channel delivers it."""
+    """For a marked judged address: the address with the marker removed, as the review channel delivers it."""
+    forms: tuple[Address, ...] = ()
+    """Every mailbox the address may be routed to (the judged address first), see ``routed_forms``."""
+    unresolved: bool = False
+    """Where Postfix routes the address is not known exactly (routing syntax Postfix did not resolve, or,
+    without ``{rcpt_addr}``, more than one routed form): a buyer spelled so is refused whatever channel."""
+    delete_forms: tuple[str, ...] = ()
+    """delete-recipient arguments that remove this recipient from the queue file (see queued.py)."""
+    delete_exact: bool = False
+    """The delete is known to match: the SMTP path, where the queued text follows from the RCPT argument.
+    On the sendmail(1) path cleanup rewrote the address before the milter saw it, so it is not."""
 
     @property
     def raw(self) -> str:
@@ -285,17 +305,62 @@ class BuyerPatterns:
         object.__setattr__(self, "relay_domain_set", frozenset(self.relay_domains))
 
 
-def classify_recipient(raw: object, patterns: BuyerPatterns) -> Recipient:
-    """Classify one envelope recipient; every routed form of the address is considered."""
+def _delete_forms(raw: str, smtp: bool) -> tuple[tuple[str, ...], bool]:
+    """The delete-recipient arguments for a recipient, and whether they are known to match."""
+    internal, exact = smtp_queued_form(raw)
+    first = delete_argument(internal)
+    if smtp:
+        return (first,) if exact else (first, raw), exact
+    # sendmail(1): cleanup stripped one trailing dot before the milter saw the address, so the queued
+    # text may have had one; a source route, a bare name or canonical_maps stay unknown (docs/recipients.md).
+    forms = (first,) if internal.endswith(".") else (first, f"{first}.")
+    return forms, False
+
+
+def _judged(address: Address, resolved: Address, raw_forms: tuple[Address, ...]) -> Address:
+    """Postfix's resolved recipient, spelled as the client wrote it when one of its forms is that address:
+    ``{rcpt_addr}`` is case-folded, and the unmarked address must keep the buyer's spelling."""
+    for form in raw_forms:
+        if form.domain == resolved.domain and form.local.casefold() == resolved.local.casefold():
+            return form
+    return Address(address.raw, resolved.local, resolved.domain)
+
+
+def classify_recipient(
+    raw: object, patterns: BuyerPatterns, *, resolved: object = None, smtp: bool = False
+) -> Recipient:
+    """Classify one envelope recipient.
+
+    ``resolved`` is Postfix's ``{rcpt_addr}`` for this recipient when it sent one (smtpd: the resolver's
+    result, case-folded); ``smtp`` says the envrcpt text is the RCPT argument smtpd queued (so deletes are
+    exact). Every form the address may be routed to is considered for the buyer test.
+    """
     address = parse_address(raw)
-    relay = False
+    raw_forms, complete = routed_forms(address)
+    resolved_text = _text_of(resolved)
+    if resolved_text:
+        judged = _judged(address, parse_address(resolved_text), raw_forms)
+        judged_forms, judged_complete = routed_forms(judged)
+        if not has_routing_syntax(judged.local) and judged.domain:
+            # Postfix resolved it: that is where the mail goes, whatever the text looked like (an address
+            # that only looked like a buyer's, e.g. a local mailbox "x%marketplace.amazon.de", is not one).
+            forms, unresolved = judged_forms, False
+        else:
+            forms = tuple(dict.fromkeys((*judged_forms, *raw_forms)))
+            unresolved, complete = True, complete and judged_complete
+    else:
+        judged, forms, unresolved = address, raw_forms, len(raw_forms) > 1
+    relay = not complete  # too many forms to follow: treated as a relay address (fail closed)
     marked = False
-    for form in routed_forms(address):
+    for form in forms:
         relay = relay or domain_matches(form.domain, patterns.relay_domain_set)
         marked = marked or strip_marker(form.local, patterns.marked_prefixes) is not None
-    stripped = strip_marker(address.local, patterns.marked_prefixes)
-    unmarked = format_address(stripped, address.domain) if stripped else None
-    return Recipient(address=address, relay=relay, marked=marked, unmarked=unmarked)
+    stripped = strip_marker(judged.local, patterns.marked_prefixes)
+    unmarked = format_address(stripped, judged.domain) if stripped else None
+    delete_forms, delete_exact = _delete_forms(address.raw, smtp)
+    return Recipient(address=judged, relay=relay, marked=marked, unmarked=unmarked, forms=forms,
+                     unresolved=unresolved or not complete, delete_forms=delete_forms,
+                     delete_exact=delete_exact)  # fmt: skip
 
 
 def buyer_key(address: Address, marked_prefixes: tuple[str, ...]) -> str:
@@ -317,6 +382,6 @@ def buyer_key(address: Address, marked_prefixes: tuple[str, ...]) -> str:
 
 
 def recipient_keys(recipient: Recipient, marked_prefixes: tuple[str, ...]) -> tuple[str, ...]:
-    """Register keys for every mailbox a recipient may be routed to (see ``routed_forms``)."""
-    keys = (buyer_key(form, marked_prefixes) for form in routed_forms(recipient.address))
+    """Register keys for every mailbox a recipient may be routed to (the judged address's first)."""
+    keys = (buyer_key(form, marked_prefixes) for form in recipient.forms or (recipient.address,))
     return tuple(dict.fromkeys(key for key in keys if key))

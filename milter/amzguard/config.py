@@ -67,11 +67,14 @@ DEFAULT_REASON_TEXTS: dict[Reason, str] = {
     " (refused by amzguard)",
     Reason.NO_ORDER_ID: "Review request without an Amazon order id (NNN-NNNNNNN-NNNNNNN) in subject or body"
     " (refused by amzguard)",
+    Reason.UNRESOLVED_ROUTE: "Amazon buyer address in a routing form whose destination is not certain"
+    " (refused by amzguard)",
 }
 REASON_TEXT_KEYS: dict[Reason, str] = {
     Reason.OPTED_OUT: "opted_out_text",
     Reason.DUPLICATE_REVIEW: "duplicate_review_text",
     Reason.NO_ORDER_ID: "no_order_id_text",
+    Reason.UNRESOLVED_ROUTE: "unresolved_route_text",
 }
 DEFAULT_STORE_PATH = Path("/var/lib/amzguard/amzguard.sqlite")
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9925"

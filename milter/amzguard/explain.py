@@ -83,7 +83,9 @@ def judge(
     verdicts: list[RecipientVerdict] = []
     at_eom: list[Recipient] = []
     for raw in addresses:
-        recipient = classify_recipient(raw, settings.buyers)
+        # The milter judges what Postfix resolved ({rcpt_addr}) on the SMTP path; explain cannot ask Postfix,
+        # so it judges as the milter does without that macro (see ROUTING_NOTE).
+        recipient = classify_recipient(raw, settings.buyers, smtp=path is SubmissionPath.SMTP)
         early = policy.decide_at_rcpt(sender_address, recipient, path)
         if early is not None:
             verdicts.append(RecipientVerdict(recipient, early, "rcpt"))
@@ -130,6 +132,8 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
         case Reason.OPTED_OUT | Reason.DUPLICATE_REVIEW | Reason.NO_ORDER_ID:
             order = f" (order {facts.order_id})" if facts.order_id else ""
             return f"a {decision.channel.value} request{order} refused: {decision.reason.value}"
+        case Reason.UNRESOLVED_ROUTE:
+            return "a routing form whose destination is not certain; refused whatever channel (see the note below)"
         case Reason.MARKER_ONLY:
             return f"granted by the {decision.channel.value} channel, but nothing is left once the marker is removed"
         case _ if verdict.stage == "rcpt":
@@ -150,7 +154,10 @@ def _plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
     if plan is None:
         return ["message: every recipient is refused at RCPT TO; nothing is accepted"]
     if plan.reject is not None:
-        return [f"message: refused whole: {plan.reject.code} {plan.reject.status} {plan.reject.text}"]
+        lines = [f"message: refused whole: {plan.reject.code} {plan.reject.status} {plan.reject.text}"]
+        if plan.changes:
+            lines.append("  after deleting every tag field (a bounce of the message must not carry the secret)")
+        return lines
     if not plan.changes:
         return ["message: accepted unchanged"]
     lines = ["message: accepted with these changes:"]
@@ -163,6 +170,13 @@ def _plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
             case DeleteHeader(name=name, index=index):
                 lines.append(f"  delete header {name} (field {index})")
     return lines
+
+
+ROUTING_NOTE = (
+    "note: on the SMTP path the milter judges the address Postfix itself resolved ({rcpt_addr}); explain "
+    "cannot ask Postfix, so, like the milter without that macro (sendmail(1) path), it refuses a buyer "
+    "address in a routing form (%, !, @ in the local part) as unresolved-route"
+)
 
 
 def explain(
@@ -188,4 +202,6 @@ def explain(
             f" (reason {decision.reason.value}, channel {decision.channel.value})",
             f"  {_classification(verdict.recipient)}; {why}",
         ]
+    if any(verdict.recipient.unresolved for verdict in verdicts):
+        lines.append(ROUTING_NOTE)
     return lines + _plan_lines(plan, mode)

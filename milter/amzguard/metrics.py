@@ -68,6 +68,8 @@ class StoreOperation(StrEnum):
 
     LOOKUP = "lookup"
     RECORD = "record"
+    PURGE = "purge"
+    """The hourly purge of old records, run after a committed record; its failure changes no message."""
 
 
 class DecisionStage(StrEnum):

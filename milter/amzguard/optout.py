@@ -277,7 +277,11 @@ class OptOutStore:
     # -- records (the milter) ----------------------------------------------------------------------
 
     def record(self, records: Iterable[StoreRecord]) -> None:
-        """Remember what the policy asked to remember, in one transaction."""
+        """Remember what the policy asked to remember, in one transaction.
+
+        The purge of old records (``purge_if_due``) is the caller's next step, in a transaction of its
+        own: a purge that fails must not make a committed record look failed (a retried review request
+        would then be refused as a duplicate of itself)."""
         records = tuple(records)
         if not records:
             return
@@ -298,7 +302,6 @@ class OptOutStore:
                         )
 
         self._run(write)
-        self.purge_if_due()
 
     def purge_if_due(self) -> int:
         """Forget review requests and buyer messages older than the retention period, at most hourly."""

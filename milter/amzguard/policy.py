@@ -100,6 +100,10 @@ class Reason(StrEnum):
     """A second review request for an order that already had one (Amazon allows one per order)."""
     NO_ORDER_ID = "no-order-id"
     """A review request without an order id, with ``missing_order_id: refuse``."""
+    UNRESOLVED_ROUTE = "unresolved-route"
+    """A buyer address in a routing form (``%``, ``!``, ``@`` in the local part) whose destination is not
+    known exactly: refused whatever channel would grant it, because amzguard cannot say which mailbox it
+    would judge (fail closed, see address.routed_forms)."""
 
 
 class MissingOrderId(StrEnum):
@@ -561,6 +565,8 @@ class Policy:
         """
         if path is not SubmissionPath.SMTP or not recipient.is_buyer:
             return None
+        if recipient.unresolved:
+            return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         if any(rule.possible(sender) for rule in self.rules):
             return None
         return Decision(recipient, Outcome.REFUSE, Reason.BUYER_MAIL)
@@ -569,6 +575,8 @@ class Policy:
         """The final decision for one recipient at end of message."""
         if not recipient.is_buyer:
             return Decision(recipient, Outcome.DELIVER, Reason.NOT_BUYER)
+        if recipient.unresolved:
+            return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         for rule in self.rules:
             if rule.grants(facts, recipient):
                 veto = rule.veto(facts, recipient)
@@ -587,8 +595,8 @@ class Policy:
             rule.channel for rule in self.rules if isinstance(rule, TaggedChannelRule) and rule.bad_token(facts)
         )
 
-    def rcpt_reject(self, recipient: Recipient) -> Reject:
-        return Reject(refusal_text(self.settings.reply_text, [recipient]))
+    def rcpt_reject(self, recipient: Recipient, reason: Reason = Reason.BUYER_MAIL) -> Reject:
+        return Reject(refusal_text(self.settings.text_for(reason), [recipient]))
 
     def plan(
         self, facts: MessageFacts, decisions: tuple[Decision, ...], header_counts: dict[str, int]
@@ -611,7 +619,7 @@ class Reject:
 @dataclass(frozen=True, slots=True)
 class DeleteRecipient:
     address: str
-    """Exactly as the MTA passed it to the envrcpt callback."""
+    """A text that cleanup(8) internalises to the queued recipient (``Recipient.delete_forms``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,7 +640,11 @@ Change = DeleteRecipient | AddRecipient | DeleteHeader
 
 @dataclass(frozen=True, slots=True)
 class MessagePlan:
-    """What to tell the MTA at end of message: refuse it whole, or accept it with these changes."""
+    """What to tell the MTA at end of message: refuse it whole, or accept it with these changes.
+
+    A refused message still carries its header deletions: on the sendmail(1) path Postfix bounces it to
+    the sender with the original attached, and header edits requested before the REJECT are applied to
+    the queue file it bounces (measured on Postfix 3.7.11), so the review secret stays out of the bounce."""
 
     reject: Reject | None
     changes: tuple[Change, ...] = ()
@@ -679,13 +691,21 @@ def plan_message(
     settings = policy.settings
     if settings.mode is Mode.MONITOR:
         return MessagePlan(reject=None)
+    header_changes: list[Change] = []
+    for name in policy.stripped_headers():
+        # Delete from the last field backwards so the remaining indexes stay valid.
+        for index in range(header_counts.get(name.casefold(), 0), 0, -1):
+            header_changes.append(DeleteHeader(name, index))
     refused = [d for d in decisions if d.refused]
     delivered = [d for d in decisions if not d.refused]
-    if refused and (not delivered or settings.mixed_recipients is MixedRecipients.REJECT):
-        return MessagePlan(reject=Reject(grouped_refusal_text(settings, refused)))
+    # Never tell a sender that a recipient was refused unless it really is removed: a delete that Postfix
+    # cannot be shown to match (sendmail(1) path, see Recipient.delete_exact) refuses the message whole.
+    deletes_certain = all(d.recipient.delete_exact for d in refused)
+    if refused and (not delivered or settings.mixed_recipients is MixedRecipients.REJECT or not deletes_certain):
+        return MessagePlan(reject=Reject(grouped_refusal_text(settings, refused)), changes=tuple(header_changes))
     changes: list[Change] = []
     for decision in refused:
-        changes.append(DeleteRecipient(decision.recipient.raw))
+        changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
         changes.append(
             AddRecipient(
                 refusal_address(decision.recipient, decision.reason, settings.bounce_domain),
@@ -694,13 +714,11 @@ def plan_message(
         )
     for decision in delivered:
         if decision.outcome is Outcome.DELIVER_UNMARKED and decision.recipient.unmarked:
-            changes.append(DeleteRecipient(decision.recipient.raw))
+            # Where the delete is not certain (sendmail(1) path), every text that can match is deleted; a
+            # marked copy that survives is bounced by the shipped transport map (docs/recipients.md).
+            changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
             changes.append(AddRecipient(f"<{decision.recipient.unmarked}>"))
-    for name in policy.stripped_headers():
-        # Delete from the last field backwards so the remaining indexes stay valid.
-        for index in range(header_counts.get(name.casefold(), 0), 0, -1):
-            changes.append(DeleteHeader(name, index))
-    return MessagePlan(reject=None, changes=tuple(changes))
+    return MessagePlan(reject=None, changes=(*changes, *header_changes))
 
 
 def refusal_text(reply_text: str, recipients: list[Recipient]) -> str:

@@ -47,7 +47,8 @@ def test_no_macros_at_all(milter: MilterProcess) -> None:
 def test_null_sender_as_in_bounces(milter: MilterProcess) -> None:
     with FakeMta(milter.socket) as mta:
         _, eom = mta.message("<>", [OWNER, BUYER], peer=LOCAL_PEER)
-    assert [r.command for r in eom] == [c.SMFIR_DELRCPT, c.SMFIR_ADDRCPT_PAR, c.SMFIR_ACCEPT]
+    # sendmail(1) path: a delete is not certain to match what Postfix queued, so the message is refused whole.
+    assert [r.command for r in eom] == [c.SMFIR_REPLYCODE]
     milter.wait_log("from=<> rcpt=<owner@shop.test> path=sendmail stage=eom channel=none decision=deliver")
 
 
@@ -59,7 +60,7 @@ def test_a_thousand_recipients(milter: MilterProcess) -> None:
     assert all(reply.command == c.SMFIR_CONTINUE for reply in rcpts.values())
     deleted = [r.fields["rcpt"] for r in eom if r.command == c.SMFIR_DELRCPT]
     added = [r.fields["rcpt"] for r in eom if r.command == c.SMFIR_ADDRCPT_PAR]
-    assert sorted(deleted) == sorted(buyers)
+    assert sorted(deleted) == sorted(b[1:-1] for b in buyers)  # as smtpd queued them: without <>
     assert len(added) == 500 and all(a.endswith("@buyer-mail.amzguard.invalid") for a in added)
     assert eom[-1].command == c.SMFIR_ACCEPT
     assert_still_serves(milter)

@@ -50,8 +50,10 @@ def store(store_dir: Path) -> OptOutStore:
 
 
 def eom_reply(eom) -> tuple[str, str]:
-    [reply] = eom
+    *edits, reply = eom
     assert reply.command == c.SMFIR_REPLYCODE, eom
+    # A refused tagged message loses its tag first (a bounce of it must not carry the secret).
+    assert all(edit.command == c.SMFIR_CHGHEADER for edit in edits), eom
     return reply.fields["smtpcode"], reply.fields["text"]
 
 

@@ -117,7 +117,7 @@ def test_mixed_recipients_swap_the_buyer_for_a_bounce(milter: MilterProcess) -> 
     with FakeMta(milter.socket) as mta:
         _, eom = mta.message("<shop@shop.test>", [MARKED, OWNER])
     assert eom_kinds(eom) == [c.SMFIR_DELRCPT, c.SMFIR_ADDRCPT_PAR, c.SMFIR_ACCEPT]
-    assert eom[0].fields == {"rcpt": MARKED}
+    assert eom[0].fields == {"rcpt": MARKED.strip("<>")}  # the text smtpd queued
     assert eom[1].fields == {
         "rcpt": "blacklisted-40417=amazon.fr@buyer-mail.amzguard.invalid",
         "args": ["ORCPT=rfc822;blacklisted-40417@amazon.fr"],

@@ -60,7 +60,7 @@ def facts(headers=(), sender="<shop@shop.test>", **known: object) -> MessageFact
 
 
 def rcpt(raw: str):
-    return classify_recipient(raw, PATTERNS)
+    return classify_recipient(raw, PATTERNS, smtp=True)
 
 
 def verdict(policy: Policy, message: MessageFacts, raw: str = BUYER) -> tuple[Outcome, Reason, Channel]:
@@ -323,7 +323,7 @@ def test_each_reason_has_its_own_text_and_bounce_domain() -> None:
     decisions = tuple(policy.decide(message, rcpt(raw)) for raw in (BUYER, "<owner@shop.test>"))
     plan = policy.plan(message, decisions, {})
     assert plan.changes[:2] == (
-        DeleteRecipient(BUYER),
+        DeleteRecipient(BUYER.strip("<>")),
         AddRecipient("q7x2k9m4p1z8w3v5=marketplace.amazon.de@opted-out.amzguard.invalid",
                      (f"ORCPT=rfc822;{BUYER_KEY}",)),  # fmt: skip
     )
