@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 
 import Milter
 
-from .address import Address, Recipient, classify_recipient, parse_address
+from .address import Address, parse_address
 from .config import Config
 from .decision_log import decision_line
 from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOperation
 from .optout import OptOutStore, StoreError
+from .transaction import Judgement, Transaction
 from .policy import (
     AddRecipient,
     Decision,
@@ -40,14 +41,10 @@ from .policy import (
 
 log = logging.getLogger("amzguard")
 
-MAX_FIELDS_PER_HEADER = 50
-MAX_HEADER_VALUE = 8192
-"""Only short header fields matter to the policy (tags, subjects); longer ones are cut to bound memory."""
+NULL_SENDER = Address(raw="", local="", domain="")
 
 TEMPFAIL_TEXT = "amzguard internal error, try again later"
 STORE_TEMPFAIL_TEXT = "amzguard opt-out store unavailable, try again later"
-MAX_BODY_SCAN = 256 * 1024
-"""Bytes of a review request's body searched for its order id; the id is near the top in practice."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -216,13 +213,11 @@ class AmzguardMilter(Milter.Base):
 
     # -- per-message state -------------------------------------------------------------------------
 
-    def _reset_message(self) -> None:
-        self.sender = Address(raw="", local="", domain="")
-        self.recipients: list[Recipient] = []
-        self.headers: list[tuple[str, str]] = []
-        self.header_counts: dict[str, int] = {}
-        self._body = bytearray()
-        self._body_wanted: bool | None = None
+    def _reset_message(self, sender: Address = NULL_SENDER) -> None:
+        self.sender = sender
+        # The message's whole judgement lives in the transaction (shared with explain and lint); this
+        # class only moves what libmilter says into it and applies what comes out.
+        self.trx = Transaction(self.snapshot.policy, self.path, sender, self.snapshot.wanted_headers)
         self.failed_stage = None
         self.rcpt_passed = 0
         self.rcpt_refused = 0
@@ -299,7 +294,7 @@ class AmzguardMilter(Milter.Base):
         self._end_transaction()
         self._reset_message()
         self._start_message()
-        self.sender = parse_address(mailfrom)
+        self.sender = self.trx.sender = parse_address(mailfrom)
         return Milter.CONTINUE
 
     @guarded(MilterStage.RCPT, replies=True)
@@ -313,12 +308,11 @@ class AmzguardMilter(Milter.Base):
             # resolved recipient, the address qmgr relays to; on the sendmail(1) path it merely repeats
             # the envrcpt text (measured on Postfix 3.7.11), so only smtpd's is used.
             resolved = self.getsymval("{rcpt_addr}") if smtp else None
-            recipient = classify_recipient(to, snapshot.policy.settings.buyers, resolved=resolved, smtp=smtp)
-            decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
+            decision = self.trx.rcpt(to, resolved)
             if decision is None:
-                self.recipients.append(recipient)
                 self.rcpt_passed += 1
                 return Milter.CONTINUE
+            recipient = decision.recipient
             self._log_decision(decision, "rcpt")
             if snapshot.policy.settings.mode is Mode.MONITOR:
                 # Decided and counted already: the recipient stays in the envelope, but is not judged
@@ -349,18 +343,12 @@ class AmzguardMilter(Milter.Base):
 
     @guarded(MilterStage.BODY, replies=False)
     def body(self, chunk: bytes) -> int:
-        """Read the body only of a tagged review request whose subject lacks the order id, and only its
-        first ``MAX_BODY_SCAN`` bytes; every other message is told to skip the rest of its body."""
-        if self._body_wanted is None:
-            self._body_wanted = self.snapshot.policy.wants_body(self._facts())
-        if self._body_wanted and len(self._body) < MAX_BODY_SCAN:
-            self._body += chunk[: MAX_BODY_SCAN - len(self._body)]
-            if len(self._body) < MAX_BODY_SCAN:
-                return Milter.CONTINUE
+        """Read the body only where the transaction wants it (a tagged review request whose subject lacks
+        the order id; a message a channel grants to a buyer while a content rule reads bodies), as far
+        as it wants it; every other message is told to skip the rest of its body."""
+        if self.trx.body(chunk):
+            return Milter.CONTINUE
         return Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE
-
-    def _facts(self) -> MessageFacts:
-        return MessageFacts(sender=self.sender, path=self.path, headers=tuple(self.headers))
 
     def header_bytes(self, name: str, value: bytes) -> int:
         """Count every header field, keep those the policy reads.
@@ -371,12 +359,7 @@ class AmzguardMilter(Milter.Base):
         milter CPU per message. Errors follow ``guarded``: logged, answered at end of message.
         """
         try:
-            key = name.casefold() if isinstance(name, str) else str(name).casefold()
-            counts = self.header_counts
-            seen = counts[key] = counts.get(key, 0) + 1
-            if seen <= MAX_FIELDS_PER_HEADER and key in self.snapshot.wanted_headers:
-                text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-                self.headers.append((name, text[:MAX_HEADER_VALUE]))
+            self.trx.header(name if isinstance(name, str) else str(name), value)
         except Exception:
             self.record_failure(MilterStage.HEADER)
         return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
@@ -388,42 +371,44 @@ class AmzguardMilter(Milter.Base):
                 log.error("%s: message not judged after failure in %s callback", self.queue_id(), self.failed_stage)
                 return self.error_reply(final=True)
             policy = self.snapshot.policy
-            facts = policy.read_order_id(self._facts(), bytes(self._body))
+            trx = self.trx
+            facts = trx.facts()
             for channel in policy.bad_token_channels(facts):
                 log.warning("%s: %s tag with a wrong secret (treated as untagged)", self.queue_id(), channel.value)
                 self.metrics.bad_token(channel)
-            questions = policy.store_questions(facts, self.recipients)
+            questions = trx.questions()
             if not questions:
-                verdict = self._judge(facts)
+                verdict = self._judge(None)
             else:
                 store = self.snapshot.store
                 # From look-up to record: a second request for the order waits here. Only deciding and
                 # recording happen under the lock; the answer to the MTA is written after it is released,
                 # so a slow MTA socket never holds up the other connections' review requests.
                 with store.review_lock:
+                    answered = None
                     try:
-                        facts = store.answer(questions, facts)
+                        answered = store.answer(questions, facts)
                     except StoreError as exc:
                         if self._store_failed(exc, StoreOperation.LOOKUP):
                             return self._store_tempfail()
-                    verdict = self._judge(facts)
+                    verdict = self._judge(answered)
             if verdict is None:
                 return self._store_tempfail()
-            plan, decisions, recorded = verdict
-            if facts.order_id:
-                log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
-            for decision in decisions:
+            judgement, recorded = verdict
+            if judgement.facts.order_id:
+                log.info("%s: review request for order %s", self.queue_id(), judgement.facts.order_id)
+            for decision in judgement.decisions:
                 self._log_decision(decision, "eom")
+            for finding in judgement.findings:
+                self.metrics.content_finding(finding)
             if recorded:
                 self._purge_store()
-            return self._apply(plan)
+            return self._apply(judgement.plan or MessagePlan(reject=None))
 
-    def _judge(self, facts: MessageFacts) -> tuple[MessagePlan, tuple[Decision, ...], bool] | None:
-        """Decide and record (no MTA I/O); None when the message must be tempfailed for the store."""
-        policy = self.snapshot.policy
-        decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
-        plan = policy.plan(facts, decisions, self.header_counts)
-        records = policy.store_records(facts, decisions) if plan.reject is None else ()
+    def _judge(self, answered: MessageFacts | None) -> tuple[Judgement, bool] | None:
+        """Judge and record (no MTA I/O); None when the message must be tempfailed for the store."""
+        judgement = self.trx.judge(answered)
+        records = judgement.records
         if records:
             try:
                 self.snapshot.store.record(records)
@@ -433,8 +418,8 @@ class AmzguardMilter(Milter.Base):
                 must_record = any(isinstance(record, ReviewSent) for record in records)
                 if self._store_failed(exc, StoreOperation.RECORD, must_record):
                     return None
-                return plan, decisions, False
-        return plan, decisions, bool(records)
+                return judgement, False
+        return judgement, bool(records)
 
     def _purge_store(self) -> None:
         """The hourly purge, after the record committed and apart from it: its failure is logged and

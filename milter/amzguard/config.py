@@ -69,12 +69,15 @@ DEFAULT_REASON_TEXTS: dict[Reason, str] = {
     " (refused by amzguard)",
     Reason.UNRESOLVED_ROUTE: "Amazon buyer address in a routing form whose destination is not certain"
     " (refused by amzguard)",
+    # The findings follow this text in the SMTP reply and bounce ("...: foreign-link: link to ...").
+    Reason.CONTENT: "Content that Amazon forbids in messages to buyers (refused by amzguard)",
 }
 REASON_TEXT_KEYS: dict[Reason, str] = {
     Reason.OPTED_OUT: "opted_out_text",
     Reason.DUPLICATE_REVIEW: "duplicate_review_text",
     Reason.NO_ORDER_ID: "no_order_id_text",
     Reason.UNRESOLVED_ROUTE: "unresolved_route_text",
+    Reason.CONTENT: "content_text",
 }
 DEFAULT_STORE_PATH = Path("/var/lib/amzguard/amzguard.sqlite")
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9925"
@@ -405,10 +408,10 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
     )
     allowed_senders = _allowed_senders(review)
     one_per_order = review.get("one_per_order", True, "true or false", _is_bool)
-    missing_order_id = review.get("missing_order_id", MissingOrderId.ALLOW.value, "'allow' or 'refuse'",
-                                  lambda v: v in {m.value for m in MissingOrderId})  # fmt: skip
     # Folded into content.rules.missing_order_id (issue 11); still read so old configs keep working.
-    missing_order_id_given = MissingOrderId(missing_order_id) if review.data.get("missing_order_id") else None
+    missing_order_id = review.get("missing_order_id", None, "'allow' or 'refuse'",
+                                  lambda v: v in {m.value for m in MissingOrderId})  # fmt: skip
+    missing_order_id_given = MissingOrderId(missing_order_id) if missing_order_id is not None else None
     token = _read_token(review, path, enabled)
     if enabled and not token:
         raise review.error("token", "a secret (token or token_file) when the review channel is enabled")
@@ -451,7 +454,6 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
             token=token,
             allowed_senders=allowed_senders,
             one_per_order=one_per_order,
-            missing_order_id=MissingOrderId(missing_order_id),
         ),
         reply_text=reply_text.strip(),
         mixed_recipients=MixedRecipients(mixed),
@@ -460,6 +462,7 @@ def parse_config(data: object, source: str = "<config>", path: Path | None = Non
         reply=reply,
         critical=critical,
         reason_texts=reason_texts,
+        content=content,
     )
     return Config(
         source=path,

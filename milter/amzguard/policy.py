@@ -35,6 +35,9 @@ from .address import (
     parse_address,
     recipient_keys,
 )
+from .content import ContentAction, ContentSettings, Finding
+from .content import needs_any_body as content_needs_body
+from .content import wanted_headers as content_headers
 from .orderid import decoded_header, find_order_id, order_id_in_body
 
 T = TypeVar("T")
@@ -99,15 +102,19 @@ class Reason(StrEnum):
     DUPLICATE_REVIEW = "duplicate-review"
     """A second review request for an order that already had one (Amazon allows one per order)."""
     NO_ORDER_ID = "no-order-id"
-    """A review request without an order id, with ``missing_order_id: refuse``."""
+    """A review request or critical message without an order id, with ``content.rules.missing_order_id:
+    refuse`` (the only refusing content finding; with others the reason is ``content``)."""
     UNRESOLVED_ROUTE = "unresolved-route"
     """A buyer address in a routing form (``%``, ``!``, ``@`` in the local part) whose destination is not
     known exactly: refused whatever channel would grant it, because amzguard cannot say which mailbox it
     would judge (fail closed, see address.routed_forms)."""
+    CONTENT = "content"
+    """Granted by a channel, but the content breaks Amazon's rules (content rules with action ``refuse``;
+    the decision's findings say which)."""
 
 
 class MissingOrderId(StrEnum):
-    """What to do with a review request in which no order id is found."""
+    """The old ``channels.review.missing_order_id`` key, now ``content.rules.missing_order_id``."""
 
     ALLOW = "allow"
     REFUSE = "refuse"
@@ -132,7 +139,6 @@ class ReviewChannelSettings:
     """Empty: any envelope sender may use the channel. Entries: ``user@domain`` or ``@domain``."""
     one_per_order: bool = True
     """Refuse a review request for an order that already had one (needs the order id and the store)."""
-    missing_order_id: MissingOrderId = MissingOrderId.ALLOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,8 @@ class PolicySettings:
     critical: CriticalChannelSettings = CriticalChannelSettings()
     reason_texts: tuple[tuple[Reason, str], ...] = ()
     """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
+    content: ContentSettings = ContentSettings()
+    """What a message a channel grants to a buyer may contain (judged by ``transaction.Transaction``)."""
 
     def text_for(self, reason: Reason) -> str:
         for listed, text in self.reason_texts:
@@ -211,6 +219,8 @@ class Decision:
     outcome: Outcome
     reason: Reason
     channel: Channel = Channel.NONE
+    findings: tuple[Finding, ...] = ()
+    """Content findings for a buyer a channel granted (every action but ``off``)."""
 
     @property
     def refused(self) -> bool:
@@ -227,6 +237,9 @@ class ChannelRule(Protocol):
 
     def possible(self, sender: Address) -> bool:
         """Whether the rule could still grant a message from this sender (answered before headers)."""
+
+    def enabled(self) -> bool:
+        """Whether the rule can grant anything at all (its channel is on)."""
 
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
         """Whether the message may reach this buyer recipient through this channel."""
@@ -301,6 +314,9 @@ class ReviewChannel:
     def possible(self, sender: Address) -> bool:
         return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
 
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
     def tagged(self, facts: MessageFacts) -> bool:
         """The message carries a valid tag from a sender allowed to use the channel."""
         if not self.possible(facts.sender):
@@ -312,11 +328,11 @@ class ReviewChannel:
         return self.tagged(facts)
 
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
+        # A missing order id is the content rule missing-order-id now (transaction.py), for review
+        # requests and critical messages alike.
         if any(key in facts.opted_out for key in recipient_keys(recipient, self.marked_prefixes)):
             return Reason.OPTED_OUT
-        if facts.order_id is None:
-            return Reason.NO_ORDER_ID if self.settings.missing_order_id is MissingOrderId.REFUSE else None
-        if self.settings.one_per_order and facts.order_id in facts.reviewed_orders:
+        if self.settings.one_per_order and facts.order_id and facts.order_id in facts.reviewed_orders:
             return Reason.DUPLICATE_REVIEW
         return None
 
@@ -379,6 +395,9 @@ class ReplyChannel:
     def possible(self, sender: Address) -> bool:
         return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
 
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
         if not self.possible(facts.sender):
             return False
@@ -423,6 +442,9 @@ class CriticalChannel:
 
     def possible(self, sender: Address) -> bool:
         return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
+
+    def enabled(self) -> bool:
+        return self.settings.enabled
 
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
         if not self.possible(facts.sender):
@@ -492,10 +514,16 @@ class Policy:
     # -- what the adapter must read, look up and remember ------------------------------------------
 
     def wants_body_step(self) -> bool:
-        """Whether the body is needed at all (review requests are searched for an order id); if not,
-        the body step is negotiated away for the whole connection."""
+        """Whether the body is needed at all: review requests are searched for an order id, and a content
+        rule that reads the body judges what a channel grants. If not, the body step is negotiated away
+        for the whole connection."""
         review = self._rule(ReviewChannel)
-        return review is not None and review.settings.enabled
+        if review is not None and review.settings.enabled:
+            return True
+        return self._any_channel() and content_needs_body(self.settings.content)
+
+    def _any_channel(self) -> bool:
+        return any(rule.enabled() for rule in self.rules)
 
     def wants_body(self, facts: MessageFacts) -> bool:
         """Whether this message's body must be read: a tagged review request without an order id in
@@ -551,7 +579,8 @@ class Policy:
 
     def wanted_headers(self) -> frozenset[str]:
         """Lower-case names of the header fields the adapter must collect."""
-        return frozenset(name for rule in self.rules for name in rule.headers())
+        names = frozenset(name for rule in self.rules for name in rule.headers())
+        return names | content_headers(self.settings.content) if self._any_channel() else names
 
     def stripped_headers(self) -> tuple[str, ...]:
         """Header fields that must never leave the MTA (they carry the review secret)."""
@@ -691,11 +720,7 @@ def plan_message(
     settings = policy.settings
     if settings.mode is Mode.MONITOR:
         return MessagePlan(reject=None)
-    header_changes: list[Change] = []
-    for name in policy.stripped_headers():
-        # Delete from the last field backwards so the remaining indexes stay valid.
-        for index in range(header_counts.get(name.casefold(), 0), 0, -1):
-            header_changes.append(DeleteHeader(name, index))
+    header_changes = _deleted_headers(policy.stripped_headers(), header_counts)
     refused = [d for d in decisions if d.refused]
     delivered = [d for d in decisions if not d.refused]
     # Never tell a sender that a recipient was refused unless it really is removed: a delete that Postfix
@@ -718,7 +743,19 @@ def plan_message(
             # marked copy that survives is bounced by the shipped transport map (docs/recipients.md).
             changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
             changes.append(AddRecipient(f"<{decision.recipient.unmarked}>"))
-    return MessagePlan(reject=None, changes=(*changes, *header_changes))
+    # Content findings with action remove (List-Unsubscribe): the fields go, the message passes.
+    removed = {f.header for d in delivered for f in d.findings if f.action is ContentAction.REMOVE and f.header}
+    content_changes = _deleted_headers(sorted(removed, key=str.casefold), header_counts)
+    return MessagePlan(reject=None, changes=(*changes, *header_changes, *content_changes))
+
+
+def _deleted_headers(names: Iterable[str], header_counts: dict[str, int]) -> list[Change]:
+    """Every field of these names, deleted from the last field backwards so the remaining indexes stay valid."""
+    changes: list[Change] = []
+    for name in dict.fromkeys(names):
+        for index in range(header_counts.get(name.casefold(), 0), 0, -1):
+            changes.append(DeleteHeader(name, index))
+    return changes
 
 
 def refusal_text(reply_text: str, recipients: list[Recipient]) -> str:
@@ -738,11 +775,26 @@ def _reply_safe(text: str) -> str:
     return "".join(char if " " <= char <= "~" and char != "%" else "?" for char in text)[:900]
 
 
+def decision_text(settings: PolicySettings, decision: Decision) -> str:
+    """The refusal text of one decision: its reason's text, and for ``content`` the refusing findings."""
+    text = settings.text_for(decision.reason)
+    if decision.reason is Reason.CONTENT:
+        refusing = [f.text() for f in decision.findings if f.action is ContentAction.REFUSE]
+        if refusing:
+            more = f" (and {len(refusing) - MAX_REPLY_FINDINGS} more)" if len(refusing) > MAX_REPLY_FINDINGS else ""
+            text = f"{text}: {'; '.join(refusing[:MAX_REPLY_FINDINGS])}{more}"
+    return text
+
+
+MAX_REPLY_FINDINGS = 4
+"""Findings named in a refusal (a marketing template has a dozen; the decision line and lint list all)."""
+
+
 def grouped_refusal_text(settings: PolicySettings, refused: Iterable[Decision]) -> str:
     """One reply for a whole refused message: the refused recipients grouped by their reason's text."""
     groups: dict[str, list[Recipient]] = {}
     for decision in refused:
-        groups.setdefault(settings.text_for(decision.reason), []).append(decision.recipient)
+        groups.setdefault(decision_text(settings, decision), []).append(decision.recipient)
     return _reply_safe("; ".join(refusal_text(text, recipients) for text, recipients in groups.items()))
 
 

@@ -21,7 +21,7 @@ from .model import (
     Finding,
 )
 from .reader import BodyScanner, ContentView, HeaderField, split_message
-from .rules import CONTENT_HEADERS, judge_content, needs_body, wanted_headers
+from .rules import CONTENT_HEADERS, judge_content, needs_any_body, needs_body, wanted_headers
 
 __all__ = [
     "BodyScanner",
@@ -44,7 +44,9 @@ __all__ = [
     "judge_content",
     "judge_message",
     "read_body",
+    "needs_any_body",
     "needs_body",
+    "CHUNK",
     "split_message",
     "wanted_headers",
 ]

@@ -376,6 +376,12 @@ def wanted_headers(settings: ContentSettings) -> frozenset[str]:
     return frozenset(names)
 
 
+def needs_any_body(settings: ContentSettings) -> bool:
+    """Whether some active rule can ever need a body (else the body step can go for the connection)."""
+    active = settings.active()
+    return any(spec.needs_body and spec.rule in active for spec in RULES)
+
+
 def needs_body(settings: ContentSettings, headers: Sequence[HeaderField], proactive: bool) -> bool:
     """Whether the body must be read to judge this message: some active rule reads it. The order-id
     rule alone needs it only for a proactive message whose subject has no order id."""
