@@ -194,8 +194,16 @@ class Transaction:
         """Read one body chunk; whether more of the body is wanted (False: the rest may be skipped)."""
         if not self.wants_body() or self._scanner is None:
             return False
-        self._scanner.feed(chunk)
-        return self._measure or not self._scanner.truncated
+        scanner = self._scanner
+        scanner.feed(chunk)
+        if self._measure:
+            return True
+        # Without attachments to measure, the first content.max_bytes of the body are all that is read
+        # (the bound the order-id search always had); what may follow counts as not read.
+        if scanner.truncated or scanner.body_bytes >= self.content.max_bytes:
+            scanner.truncated = True
+            return False
+        return True
 
     def _finish_body(self) -> ContentView | None:
         if self._scanner is not None and self._view is None:
