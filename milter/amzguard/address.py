@@ -23,6 +23,7 @@ _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 # A normalised (lower-case, ASCII) DNS name with at least two labels.
 DOMAIN_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """One parsed envelope address.

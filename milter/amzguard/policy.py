@@ -740,7 +740,8 @@ def plan_message(
     for decision in delivered:
         if decision.outcome is Outcome.DELIVER_UNMARKED and decision.recipient.unmarked:
             # Where the delete is not certain (sendmail(1) path), every text that can match is deleted; a
-            # marked copy that survives is bounced by the shipped transport map (docs/recipients.md).
+            # marked copy that survives (source route, canonical_maps) goes to the marked address, which is
+            # no relay address: the buyer gets only the unmarked copy (docs/recipients.md).
             changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
             changes.append(AddRecipient(f"<{decision.recipient.unmarked}>"))
     # Content findings with action remove (List-Unsubscribe): the fields go, the message passes.

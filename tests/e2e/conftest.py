@@ -44,11 +44,12 @@ def start_stack(
     prepare: Callable[[Path], None] | None = None,
     transport_maps: str = "",
     extra_master_cf: str = "",
+    main_cf: dict[str, str] | None = None,
     **sections: object,
 ) -> Stack:
     """``sections`` go into the amzguard config; ``prepare(workdir)`` runs before anything starts;
     ``transport_maps`` are listed after the shipped map; ``extra_master_cf`` adds Postfix services
-    (``{workdir}`` in it is replaced by the stack's directory)."""
+    (``{workdir}`` in it is replaced by the stack's directory); ``main_cf`` overrides main.cf settings."""
     workdir = make_workdir(f"amzguard-{name}-")
     if prepare is not None:
         prepare(workdir)
@@ -58,7 +59,7 @@ def start_stack(
     milter = MilterProcess(config, socket, workdir / "amzguard.log", group="postfix").start()
     (workdir / "postfix").mkdir(mode=0o755)
     maps = ", ".join(filter(None, [f"regexp:{TRANSPORT_MAP}", transport_maps]))
-    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps,
+    postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps, extra_main_cf=main_cf,
                               extra_master_cf=extra_master_cf.replace("{workdir}", str(workdir)))  # fmt: skip
     try:
         postfix.start()

@@ -566,8 +566,12 @@ def smtp_transaction(
     mail_options: Sequence[str] = (),
     rcpt_options: Mapping[str, Sequence[str]] | None = None,
     helo: str = "client.test",
+    verbatim: bool = False,
 ) -> SmtpResult:
     """One SMTP transaction with smtplib against 127.0.0.1:``port``, recording every reply.
+
+    ``verbatim``: send each recipient exactly as given (``RCPT TO:`` + the text): smtplib's own
+    quoting parses the address and drops a source route (``<@a:x@y>`` goes out as ``<x@y>``).
 
     ``rcpt_options`` maps a recipient to extra RCPT parameters, e.g.
     ``{"x@y": ["ORCPT=rfc822;a@b", "NOTIFY=FAILURE"]}``; ``mail_options``
@@ -594,7 +598,11 @@ def smtp_transaction(
             return res
         for r in rcpts:
             opts = list((rcpt_options or {}).get(r, ()))
-            res.rcpt_replies[r] = _reply(*client.rcpt(r, opts))
+            if verbatim:
+                client.putcmd("rcpt", "TO:" + " ".join([r, *opts]))
+                res.rcpt_replies[r] = _reply(*client.getreply())
+            else:
+                res.rcpt_replies[r] = _reply(*client.rcpt(r, opts))
         if not res.accepted:
             return res
         try:
@@ -979,11 +987,12 @@ class PostfixInstance:
         mail_options: Sequence[str] = (),
         rcpt_options: Mapping[str, Sequence[str]] | None = None,
         helo: str = "client.test",
+        verbatim: bool = False,
     ) -> SmtpResult:
         """One SMTP transaction with this instance's smtpd (see :func:`smtp_transaction`)."""
         return smtp_transaction(
             self.smtp_port, sender, rcpts, message, timeout,
-            mail_options=mail_options, rcpt_options=rcpt_options, helo=helo,
+            mail_options=mail_options, rcpt_options=rcpt_options, helo=helo, verbatim=verbatim,
         )  # fmt: skip
 
     def swaks(self, args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

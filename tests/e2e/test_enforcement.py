@@ -163,26 +163,25 @@ def test_sendmail_single_buyer_bounces_to_the_shop(stack: Stack) -> None:
     assert sink_with_subject(stack, subject) == []
 
 
-def test_sendmail_mixed_recipients(stack: Stack) -> None:
+def test_sendmail_mixed_recipients_are_refused_whole(stack: Stack) -> None:
+    """On the sendmail(1) path amzguard cannot name the recipient Postfix queued (cleanup rewrote it before
+    the milter saw it), so a delete is not certain: the message is refused whole and Postfix bounces it,
+    naming every recipient. Nobody is told the buyer was refused while the buyer still gets it."""
     subject = unique_token("local-mixed")
     offset = stack.postfix.log_offset()
     message = make_message(SHOP_SENDER, RELAY_BUYER, subject, extra_headers={"Bcc": OWNER})
     done = stack.postfix.sendmail(SHOP_SENDER, [RELAY_BUYER, OWNER], message)
     assert done.returncode == 0, done.stderr
-    stack.postfix.wait_mailbox("owner", predicate=lambda m: subject_of(m) == subject)
     [bounce] = bounces_about(stack, "shop", subject)
-    [recipient] = bounce.recipients
-    assert dsn_address(recipient["Original-Recipient"]) == f"rfc822;{RELAY_BUYER}"
-    assert dsn_address(recipient["Final-Recipient"]) == (
-        "rfc822;q7x2k9m4p1z8w3v5=marketplace.amazon.de@buyer-mail.amzguard.invalid"
+    assert sorted(dsn_address(r["Final-Recipient"]) for r in bounce.recipients) == sorted(
+        [f"rfc822;{RELAY_BUYER}", f"rfc822;{OWNER}"]
     )
-    assert recipient["Status"] == "5.7.1" and REPLY_TEXT in unfolded(recipient["Diagnostic-Code"])
-    # The human-readable part names the stand-in, which spells out the buyer, and the reason.
-    notification = unfolded(bounce.notification)
-    assert "<q7x2k9m4p1z8w3v5=marketplace.amazon.de@buyer-mail.amzguard.invalid>: " + REPLY_TEXT in notification
+    for recipient in bounce.recipients:
+        assert recipient["Status"] == "5.7.1" and REPLY_TEXT in unfolded(recipient["Diagnostic-Code"])
     assert "milter configuration error" not in stack.postfix.log_since(offset)
     stack.postfix.wait_queue_empty()
-    assert_no_buyer_got(stack, subject, RELAY_BUYER)
+    assert [m for m in stack.postfix.mailbox("owner") if subject_of(m) == subject] == []
+    assert sink_with_subject(stack, subject) == []
 
 
 # -- review channel ---------------------------------------------------------------------------------
@@ -256,8 +255,8 @@ def test_milter_down_tempfails_and_queued_mail_is_delivered_after_restart(stack:
         stack.milter.start()
     stack.postfix.kick_pickup()
     stack.postfix.flush()
-    [relayed] = stack.postfix.sink.wait_for(1, timeout=90, predicate=lambda m: subject_of(m.message) == subject_local)
-    assert relayed.rcpts == [PARTNER]  # judged after the restart: the buyer was refused, the partner served
-    bounces_about(stack, "shop", subject_local)
+    # Judged after the restart: the buyer is refused, and on this path that refuses the message whole.
+    [bounce] = bounces_about(stack, "shop", subject_local)
+    assert len(bounce.recipients) == 2
     stack.postfix.wait_queue_empty(timeout=60)
-    assert_no_buyer_got(stack, subject_local, MARKED_BUYER, UNMARKED_BUYER)
+    assert sink_with_subject(stack, subject_local) == []
