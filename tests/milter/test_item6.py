@@ -30,10 +30,10 @@ def start(tmp_path: Path, name: str, prelude: str, **sections: object) -> Milter
 
 
 BROKEN_RCPT = (
-    "import amzguard.adapter as adapter\n"
+    "import amzguard.transaction as transaction\n"
     "def broken(*args, **kwargs):\n"
     "    raise RuntimeError('injected rcpt fault')\n"
-    "adapter.classify_recipient = broken\n"
+    "transaction.classify_recipient = broken\n"  # the adapter's RCPT step classifies through the transaction
 )
 
 
