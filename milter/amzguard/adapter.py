@@ -34,7 +34,6 @@ from .policy import (
     MessagePlan,
     Mode,
     Policy,
-    ReplyCheck,
     ReviewSent,
     SubmissionPath,
 )
@@ -73,8 +72,7 @@ class Snapshot:
         return cls(config=config, policy=policy, store=store, wanted_headers=policy.wanted_headers())
 
     def uses_store(self) -> bool:
-        settings = self.policy.settings
-        return settings.review.enabled or (settings.reply.enabled and settings.reply.check is ReplyCheck.THREAD)
+        return self.policy.uses_store()
 
 
 class Runtime:
