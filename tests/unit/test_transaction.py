@@ -155,3 +155,15 @@ def test_monitor_mode_reports_findings_and_changes_nothing() -> None:
     _, judgement, _ = drive(pol, "en_marketing.eml")
     assert judgement.decisions[0].reason is Reason.CONTENT and judgement.findings
     assert judgement.plan is not None and judgement.plan.reject is None and judgement.plan.changes == ()
+
+
+def test_without_a_body_the_subject_is_still_judged() -> None:
+    # explain has header fields only: an emoji in the subject of a granted reply is refused there too.
+    trx = Transaction(policy(), SubmissionPath.SMTP, parse_address("<shop@shop.test>"))
+    trx.rcpt(f"<{BUYER}>")
+    trx.header("In-Reply-To", "<q1@marketplace.amazon.com>")
+    trx.header("Subject", "=?utf-8?b?" + "UmU6IPCfmIAgeW91ciBwYXJjZWw=" + "?=")  # "Re: 😀 your parcel"
+    judgement = trx.judge()
+    [decision] = judgement.decisions
+    assert (decision.reason, decision.channel) == (Reason.CONTENT, Channel.REPLY) and not judgement.body_read
+    assert [f.evidence for f in decision.findings] == ["emoji \U0001f600 (grinning face) in the subject"]

@@ -410,8 +410,8 @@ def judge_content(
     actions = settings.table()
     for spec in RULES:
         action = actions[spec.rule]
-        if action is ContentAction.OFF or (spec.needs_body and view is None and spec.rule is not ContentRule.MISSING_ORDER_ID):
-            continue
+        if action is ContentAction.OFF:
+            continue  # without a body (view None) a rule still judges the subject; the rest is empty
         seen: set[str] = set()
         for evidence, line in spec.check(ctx):
             evidence = _cut(evidence)
