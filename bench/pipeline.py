@@ -133,6 +133,9 @@ SETUPS: tuple[Setup, ...] = (
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
 SETUP_NAMES = tuple(setup.name for setup in SETUPS)
+BASELINE = Setup("amzguard-baseline", "amzguard, baseline", Filter.AMZGUARD, "amzguard", "unix")
+"""amzguard run from another source tree (``--baseline-src``, e.g. a checkout of main): what a change costs."""
+BASELINE_SRC: Path | None = None
 
 
 @dataclass
@@ -166,7 +169,8 @@ def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
         process: MilterProcess
         if setup.milter == "amzguard":
             config = write_config(workdir / "amzguard.yml", libmilter_spec, **traffic.amzguard_sections(setup.content))
-            process = MilterProcess(config, libmilter_spec, log, group="postfix")
+            env = {"PYTHONPATH": str(BASELINE_SRC)} if setup is BASELINE and BASELINE_SRC else None
+            process = MilterProcess(config, libmilter_spec, log, group="postfix", env=env)
         else:
             process = NoopMilterProcess(workdir / "unused.yml", libmilter_spec, log, group="postfix")
         try:
@@ -566,6 +570,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the instances' directories (logs) afterwards")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
     parser.add_argument("--smoke", action="store_true", help="a few messages, one round (checks the bench works)")
+    parser.add_argument("--baseline-src", type=Path, metavar="DIR",
+                        help="also run amzguard from DIR (the milter/ folder of another checkout, e.g. main's)")  # fmt: skip
     parser.add_argument("--mix", choices=sorted(traffic.MIXES), default="standard",
                         help="standard (mostly order mail) or review (mostly review requests the content rules read)")  # fmt: skip
     return parser
@@ -585,6 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(SETUP_NAMES)}", file=sys.stderr)
         return 2
     setups = [setup for setup in SETUPS if setup.name in wanted]
+    if args.baseline_src:
+        global BASELINE_SRC
+        BASELINE_SRC = args.baseline_src.resolve()
+        setups.append(BASELINE)
     sessions = [int(value) for value in args.sessions.split(",")]
     try:
         results = run_benchmark(

@@ -141,11 +141,19 @@ def test_header_lines_follow_folded_fields() -> None:
     raw = (FIXTURES / "en_marketing.eml").read_bytes()
     headers, _, _ = split_message(raw)
     trx = Transaction(pol, SubmissionPath.SMTP, parse_address("<shop@shop.example>"))
+    trx.rcpt(f"<{BUYER}>")
     for field in headers:
         trx.header(field.name, field.value)  # no lines given: counted from the folded values
     assert [(h.name, h.line) for h in trx.headers if h.name.startswith("List-")] == [
         ("List-Unsubscribe", 8), ("List-Unsubscribe-Post", 10)
     ]  # fmt: skip
+    # Without a buyer recipient the content rules' fields are not even kept (only the channels' are).
+    other = Transaction(pol, SubmissionPath.SMTP, parse_address("<shop@shop.example>"))
+    other.rcpt("<owner@shop.test>")
+    for field in headers:
+        other.header(field.name, field.value)
+    assert {h.name.casefold() for h in other.headers} <= pol.channel_headers()
+    assert other.header_counts["list-unsubscribe"] == 1  # still counted
 
 
 def test_monitor_mode_reports_findings_and_changes_nothing() -> None:

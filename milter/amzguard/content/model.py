@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import lru_cache
 
 
 class ContentRule(StrEnum):
@@ -167,7 +168,9 @@ class ContentSettings:
         return {**DEFAULT_ACTIONS, **dict(self.actions)}
 
     def active(self) -> frozenset[ContentRule]:
-        return frozenset(rule for rule, action in self.table().items() if action is not ContentAction.OFF)
+        """The rules whose action is not ``off`` (asked several times per message: cached per action set)."""
+        return _active(self.actions)
+
 
     def with_actions(self, **changes: ContentAction) -> ContentSettings:
         """A copy with some actions changed (keyword = rule name with underscores); for tests and bench."""
@@ -175,6 +178,12 @@ class ContentSettings:
         for key, action in changes.items():
             table[ContentRule(key.replace("_", "-"))] = action
         return replace(self, actions=tuple(table.items()))
+
+
+@lru_cache(maxsize=64)
+def _active(actions: tuple[tuple[ContentRule, ContentAction], ...]) -> frozenset[ContentRule]:
+    table = {**DEFAULT_ACTIONS, **dict(actions)}
+    return frozenset(rule for rule, action in table.items() if action is not ContentAction.OFF)
 
 
 BODY_RULES: frozenset[ContentRule] = frozenset(set(ContentRule) - {ContentRule.LIST_UNSUBSCRIBE})

@@ -89,9 +89,14 @@ class Policy:
         return any(rule.uses_store() for rule in self.rules)
 
     def wanted_headers(self) -> frozenset[str]:
-        """Lower-case names of the header fields the adapter must collect."""
-        names = frozenset(name for rule in self.rules for name in rule.headers())
+        """Lower-case names of the header fields the adapter must collect (the content rules' too, which
+        only matter for messages to buyers: see ``channel_headers``)."""
+        names = self.channel_headers()
         return names | content_headers(self.settings.content) if self._any_channel() else names
+
+    def channel_headers(self) -> frozenset[str]:
+        """The header fields the channel rules read (enough for a message without buyer recipients)."""
+        return frozenset(name for rule in self.rules for name in rule.headers())
 
     def stripped_headers(self) -> tuple[str, ...]:
         """Header fields that must never leave the MTA (they carry the review secret)."""
