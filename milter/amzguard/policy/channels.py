@@ -81,6 +81,9 @@ class ChannelRule(Protocol):
     def stripped_headers(self) -> tuple[str, ...]:
         """Header fields that must never leave the MTA."""
 
+    def bad_token(self, facts: MessageFacts) -> bool:
+        """The message carries this channel's tag with a wrong secret (rules without a tag: never)."""
+
 
 class ChannelBase:
     """What every channel rule shares: on/off and ``allowed_senders`` (its ``settings`` has both), and the
@@ -116,6 +119,9 @@ class ChannelBase:
 
     def stripped_headers(self) -> tuple[str, ...]:
         return ()
+
+    def bad_token(self, facts: MessageFacts) -> bool:
+        return False
 
 
 @runtime_checkable

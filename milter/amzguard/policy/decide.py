@@ -16,7 +16,7 @@ from ..content import needs_any_body as content_needs_body
 from ..content import wanted_headers as content_headers
 from ..orderid import find_order_id, order_id_in_body
 from .actions import MessagePlan, Reject, plan_message, refusal_text
-from .channels import CONTENT_HEADERS, ChannelRule, CriticalChannel, ReplyChannel, ReviewChannel, TaggedChannelRule
+from .channels import CONTENT_HEADERS, ChannelRule, CriticalChannel, ReplyChannel, ReviewChannel
 from .model import (
     Channel,
     Decision,
@@ -139,7 +139,9 @@ class Policy:
     def bad_token_channels(self, facts: MessageFacts) -> tuple[Channel, ...]:
         """Channels whose tag the message carries with a wrong secret (a fact for metrics, not a decision)."""
         return tuple(
-            rule.channel for rule in self.rules if isinstance(rule, TaggedChannelRule) and rule.bad_token(facts)
+            # Each rule answers (ChannelBase: never); an isinstance() test against the runtime-checkable
+            # TaggedChannelRule protocol cost ~12 us per rule per message (typing walks the protocol each time).
+            rule.channel for rule in self.rules if rule.bad_token(facts)
         )
 
     def rcpt_reject(self, recipient: Recipient, reason: Reason = Reason.BUYER_MAIL) -> Reject:
