@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import threading
 import time
@@ -163,8 +164,28 @@ def test_sigkill_loop_loses_and_leaks_nothing(fresh_stack: Stack) -> None:
     assert leaked == []
     assert still_queued == []
     assert lost == [], lost[:5]
-    # Postfix never saw an illegal milter reply on the sendmail path.
-    assert "milter configuration error" not in stack.postfix.maillog()
+    # Postfix never saw an illegal milter reply on the sendmail path. One case is Postfix's own: a kill
+    # that lands while cleanup waits for the RCPT reply makes cleanup apply milter_default_action
+    # (tempfail) at RCPT itself and log the same warning (seen in about 1 of 5 runs on a loaded machine,
+    # before and after issue 11); the message is retried. Only such lines, right after the broken
+    # connection in the same cleanup process, are not amzguard's.
+    assert illegal_replies(stack.postfix.maillog()) == []
+
+
+def illegal_replies(maillog: str) -> list[str]:
+    """The 'milter configuration error' lines not explained by the milter dying mid-RCPT."""
+    died: set[str] = set()
+    found = []
+    for line in maillog.splitlines():
+        process = re.search(r"postfix/cleanup\[(\d+)\]", line)
+        pid = process[1] if process else ""
+        if "can't read SMFIC_RCPT reply packet" in line:
+            died.add(pid)
+        elif "milter configuration error" in line:
+            if pid not in died:
+                found.append(line)
+            died.discard(pid)
+    return found
 
 
 def test_process_exit_code_after_sigkill_restart_cycle_is_clean(fresh_stack: Stack) -> None:
