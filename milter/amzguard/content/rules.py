@@ -182,12 +182,13 @@ def email_address(ctx: Context) -> Iterator[Evidence]:
 
 _PHONE_RES = (
     # international: +49 30 1234567, 0049 (0)30 123 45 67, +1 (555) 010-0199
-    re.compile(r"(?<![\w+])(?:\+|00)[1-9][\d]{0,3}(?:[ \-./]{0,2}\(?\d+\)?){2,}"),
+    # (not inside a token: "ref-0087431b6802" is an identifier, so no letter, digit or "-" around it)
+    re.compile(r"(?<![\w+\-])(?:\+|00)[1-9][\d]{0,3}(?:[ \-./]{0,2}\(?\d+\)?){2,}(?![\w\-])"),
     # labelled: "Tel.: 030 1234567", "Telefon 030/123456", "phone: 555 0100 199", "WhatsApp 0151 2345678"
     re.compile(
         r"(?<!\w)(?:tel|telefon|telephone|telefono|teléfono|téléphone|tél|phone|fon|fax|mobil|mobile|handy|"
         r"cell|whatsapp|hotline|móvil|cellulare)\s*\.?\s*(?:nr\.?|no\.?|number|nummer)?\s*:?\s*"
-        r"(\+?\(?\d[\d ()\-./]{5,}\d)",
+        r"(\+?\(?\d[\d ()\-./]{5,}\d)(?!\w)",
         re.I,
     ),
     # North American: (555) 010-0199, 555-010-0199, 555.010.0199
