@@ -1,4 +1,5 @@
-"""``python -m bench`` (what ``make bench`` runs): the pipeline benchmark, then the policy and register ones.
+"""``python -m bench`` (what ``make bench`` runs): the pipeline benchmark on the standard mix, then on the
+review-heavy mix (amzguard with the content rules on and off), then the policy, content and register ones.
 
 Options other than those below go to the pipeline benchmark (``python -m bench.pipeline --help``).
 """
@@ -9,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import pipeline, policy_bench, register_bench
+from bench import content_bench, pipeline, policy_bench, register_bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,7 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="short runs of everything (checks the benches work)")
     parser.add_argument("--register-store", default=register_bench.BOTH_STORES,
                         help="module:factory of the register's store(s), comma-separated (default: SQLite and PostgreSQL)")
-    parser.add_argument("--skip-pipeline", action="store_true", help="only the policy and register benchmarks")
+    parser.add_argument("--skip-pipeline", action="store_true", help="only the policy, content and register benchmarks")
+    parser.add_argument("--skip-review-mix", action="store_true", help="no pipeline run on the review-heavy mix")
     args, rest = parser.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         parser.print_help()
@@ -28,7 +30,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if status != 0:
             return status
         print()
+        if not args.skip_review_mix and "--mix" not in rest and "--setups" not in rest:
+            # The content rules' cost: the same review-heavy traffic with the rules on and off.
+            review = ["--mix", "review", "--setups", "noop-unix,amzguard-unix,amzguard-nocontent"]
+            status = pipeline.main([*rest, *smoke, *review])
+            if status != 0:
+                return status
+            print()
     policy_bench.main(smoke)
+    print()
+    content_bench.main(smoke)
     print()
     return register_bench.main(["--store", args.register_store, *smoke])
 

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:  # `python bench/pipeline.py` as well as `python -
 
 from bench import traffic  # noqa: E402
 from bench.noop_milter import negotiated_steps  # noqa: E402
-from bench.traffic import MIX, Filter  # noqa: E402
+from bench.traffic import Filter  # noqa: E402
 from tests.e2e.harness import SMTP_SINK, PostfixInstance, Sink, free_port  # noqa: E402
 from tests.support.milter_process import MilterProcess, write_config  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
@@ -123,6 +123,8 @@ class Setup:
     """"unix" or "inet"."""
     store: str = "sqlite"
     """amzguard's store: "sqlite" (a file beside the config) or "postgresql" (a throwaway cluster)."""
+    content: bool = True
+    """amzguard's content rules at their defaults (True) or all off."""
 
 
 SETUPS: tuple[Setup, ...] = (
@@ -132,9 +134,13 @@ SETUPS: tuple[Setup, ...] = (
     Setup("amzguard-unix", "amzguard, unix:", Filter.AMZGUARD, "amzguard", "unix"),
     Setup("amzguard-inet", "amzguard, inet:", Filter.AMZGUARD, "amzguard", "inet"),
     Setup("amzguard-pg", "amzguard, PostgreSQL", Filter.AMZGUARD, "amzguard", "unix", "postgresql"),
+    Setup("amzguard-nocontent", "amzguard, no content", Filter.AMZGUARD, "amzguard", "unix", content=False),
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
 SETUP_NAMES = tuple(setup.name for setup in SETUPS)
+BASELINE = Setup("amzguard-baseline", "amzguard, baseline", Filter.AMZGUARD, "amzguard", "unix")
+"""amzguard run from another source tree (``--baseline-src``, e.g. a checkout of main): what a change costs."""
+BASELINE_SRC: Path | None = None
 
 
 @dataclass
@@ -167,11 +173,12 @@ def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
         log = workdir / "milter.log"
         process: MilterProcess
         if setup.milter == "amzguard":
-            sections = traffic.amzguard_sections()
+            sections = traffic.amzguard_sections(setup.content)
             if setup.store == "postgresql":
                 sections["store"] = {"url": _database()}
             config = write_config(workdir / "amzguard.yml", libmilter_spec, **sections)
-            process = MilterProcess(config, libmilter_spec, log, group="postfix")
+            env = {"PYTHONPATH": str(BASELINE_SRC)} if setup is BASELINE and BASELINE_SRC else None
+            process = MilterProcess(config, libmilter_spec, log, group="postfix", env=env)
         else:
             process = NoopMilterProcess(workdir / "unused.yml", libmilter_spec, log, group="postfix")
         try:
@@ -248,7 +255,7 @@ def review_latency(target: Target, count: int, first_order: int) -> list[float]:
     """Milliseconds per review request, end to end as the shop's mailer sees it: MAIL, RCPT, DATA and
     Postfix's 250 after amzguard's end-of-message (look-up, claim of the order, record), one request at a
     time over one SMTP session, each for an order of its own (so each claims a new row)."""
-    review = next(stream for stream in MIX if stream.kind is traffic.Kind.REVIEW)
+    review = next(stream for stream in traffic.MIX if stream.kind is traffic.Kind.REVIEW)
     template = traffic.message_text(review).replace("\n", "\r\n")
     samples = []
     with smtplib.SMTP("127.0.0.1", target.postfix.smtp_port, timeout=60) as client:
@@ -304,8 +311,8 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
     assert isinstance(sink, CountingSink)
     before = sink.received()
     cpu_before = _cpu_seconds(target.milter.pid) if target.milter else None
-    sent = sum(traffic.split(messages, stream) for stream in MIX)
-    expected = sum(traffic.split(messages, s) for s in MIX if s.delivered_with(target.setup.filter))
+    sent = sum(traffic.split(messages, stream) for stream in traffic.MIX)
+    expected = sum(traffic.split(messages, s) for s in traffic.MIX if s.delivered_with(target.setup.filter))
     errors = target.workdir / "smtp-source.err"
     finished: list[float] = []
     lock = threading.Lock()
@@ -319,7 +326,7 @@ def run_once(target: Target, sessions: int, messages: int, files: dict[str, Path
     with open(errors, "wb") as err:
         start = time.perf_counter()
         try:
-            for stream in MIX:
+            for stream in traffic.MIX:
                 procs.append(
                     subprocess.Popen(
                         _source_command(stream, sessions, messages, files[stream.name], postfix.smtp_port),
@@ -483,13 +490,16 @@ def run_benchmark(
                                 f" accepted {sample.accepted_per_s:7.1f}/s  delivered {sample.delivered_per_s:7.1f}/s",
                                 file=sys.stderr, flush=True,
                             )  # fmt: skip
-            reviewers = [target for target in targets if target.setup.milter == "amzguard" and target.setup.socket == "unix"]
+            # SQLite against PostgreSQL (the +2 ms target), both with the content rules at their defaults;
+            # the content-off setup is only there for the throughput comparison.
+            reviewers = [target for target in targets
+                         if target.setup.milter == "amzguard" and target.setup.socket == "unix" and target.setup.content]  # fmt: skip
             for round_index in range(rounds):  # interleaved, like the rates
                 for target in reviewers[round_index % max(1, len(reviewers)) :] + reviewers[: round_index % max(1, len(reviewers))]:
                     first = 1 + round_index * review_count
                     results.review_ms.setdefault(target.setup.name, []).extend(review_latency(target, review_count, first))
     finally:
-        shutil.rmtree(files[MIX[0].name].parent, ignore_errors=True)
+        shutil.rmtree(files[traffic.MIX[0].name].parent, ignore_errors=True)
     results.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
@@ -512,7 +522,7 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
         f"Python {m.get('python')}, libmilter {m.get('libmilter')}, Linux {m.get('kernel')}",
         f"runs: {results.rounds} round(s) per figure (median; setup order rotated each round), "
         f"{results.messages} messages per run, ~{traffic.MESSAGE_SIZE} B each, a new SMTP session per message",
-        "mix (one smtp-source process per stream, sessions and messages split in these shares):",
+        f"mix {traffic.MIX_NAME} (one smtp-source process per stream, sessions and messages split in these shares):",
         traffic.describe_mix(),
         "  order mail is delivered everywhere; buyer mail is refused at RCPT by amzguard (sender not allowed",
         "  on the review channel) and by the error: transport map; review requests (tag header, from the",
@@ -521,7 +531,9 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
         "accepted/s: messages answered by Postfix (queued or refused) per second of sending;",
         "delivered/s: the same messages per second until the last one that may leave reached the sink.",
         f"no-op milter: {negotiated_steps()}.",
-        "amzguard: HELO, end-of-headers, body, unknown negotiated away; connect, MAIL and headers no-reply;",
+        "amzguard: HELO, end-of-headers, unknown negotiated away; connect, MAIL and headers no-reply; body read",
+        "  only for messages a channel grants to a buyer (others answer the first body chunk with SKIP);",
+        "  'no content': the same amzguard with every content rule off;",
         "  DATA no-reply on unix only (over TCP an unanswered DATA stalls the next packet ~40 ms); only the",
         "  actions it uses (add/delete recipient, change header).",
     ]
@@ -603,7 +615,8 @@ def results_json(results: Results) -> dict[str, object]:
         "rounds": results.rounds,
         "messages": results.messages,
         "sessions": results.sessions,
-        "mix": [{"name": s.name, "kind": s.kind.value, "share": s.share} for s in MIX],
+        "mix_name": traffic.MIX_NAME,
+        "mix": [{"name": s.name, "kind": s.kind.value, "share": s.share} for s in traffic.MIX],
         "setups": {
             name: {
                 str(sessions): {
@@ -637,6 +650,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the instances' directories (logs) afterwards")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
     parser.add_argument("--smoke", action="store_true", help="a few messages, one round (checks the bench works)")
+    parser.add_argument("--baseline-src", type=Path, metavar="DIR",
+                        help="also run amzguard from DIR (the milter/ folder of another checkout, e.g. main's)")  # fmt: skip
+    parser.add_argument("--mix", choices=sorted(traffic.MIXES), default="standard",
+                        help="standard (mostly order mail) or review (mostly review requests the content rules read)")  # fmt: skip
     return parser
 
 
@@ -647,12 +664,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.smoke:
         args.rounds, args.messages, args.warmup = 1, 20, 0
+    traffic.select_mix(args.mix)
     wanted = [name.strip() for name in args.setups.split(",") if name.strip()]
     unknown = set(wanted) - set(SETUP_NAMES)
     if unknown:
         print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(SETUP_NAMES)}", file=sys.stderr)
         return 2
     setups = [setup for setup in SETUPS if setup.name in wanted]
+    if args.baseline_src:
+        global BASELINE_SRC
+        BASELINE_SRC = args.baseline_src.resolve()
+        setups.append(BASELINE)
     sessions = [int(value) for value in args.sessions.split(",")]
     try:
         results = run_benchmark(

@@ -53,6 +53,9 @@ class Stream:
     Postfix's resolver cache). Not for marked addresses: the number would hide the marker."""
     share: int
     """Sessions and messages per ten of the total."""
+    template: str = "plain"
+    """The message: ``plain`` (~1 KB of text) or ``review-html`` (a clean multipart/alternative review
+    request with links to Amazon and a carrier, which the content rules read and pass)."""
 
     def delivered_with(self, filter_: Filter) -> bool:
         if self.kind is Kind.ALLOWED or filter_ is Filter.NONE:
@@ -66,7 +69,26 @@ MIX: tuple[Stream, ...] = (
     Stream("buyer-marked", Kind.BUYER, SHOP_SENDER, "blacklisted-40417@amazon.fr", numbered=False, share=1),
     Stream("review", Kind.REVIEW, REVIEW_SENDER, "blacklisted-40418@amazon.fr", numbered=False, share=1),
 )
+STANDARD_MIX = MIX
+REVIEW_MIX: tuple[Stream, ...] = (
+    Stream("order", Kind.ALLOWED, SHOP_SENDER, "customer@example.com", numbered=True, share=2),
+    Stream("buyer-relay", Kind.BUYER, SHOP_SENDER, "buyer@marketplace.amazon.de", numbered=True, share=1),
+    Stream("review", Kind.REVIEW, REVIEW_SENDER, "review@marketplace.amazon.de", numbered=True, share=7,
+           template="review-html"),
+)  # fmt: skip
+"""Review-heavy: most messages are review requests that a channel grants, so the content rules read and
+judge their body; compared with the content rules on and off (issue 11, item 4)."""
+MIXES: dict[str, tuple[Stream, ...]] = {"standard": STANDARD_MIX, "review": REVIEW_MIX}
+MIX_NAME = "standard"
 SHARE_TOTAL = sum(stream.share for stream in MIX)
+
+
+def select_mix(name: str) -> None:
+    """Make ``MIXES[name]`` the mix every function here (and bench.pipeline) uses."""
+    global MIX, SHARE_TOTAL, MIX_NAME
+    MIX = MIXES[name]
+    MIX_NAME = name
+    SHARE_TOTAL = sum(stream.share for stream in MIX)
 
 
 def describe_mix() -> str:
@@ -85,8 +107,56 @@ def split(total: int, stream: Stream) -> int:
     return max(1, round(total * stream.share / SHARE_TOTAL))
 
 
+REVIEW_TEXT = """Hello,
+
+thank you for your order 302-0000000-0000000. If you would like to share your experience with the
+product, you can leave a review on Amazon:
+https://www.amazon.de/review/review-your-purchases/?asin=B0BENCH001
+
+Your parcel was sent with DHL:
+https://www.dhl.de/de/privatkunden/pakete-empfangen/verfolgen.html?piececode=00340434161234567890
+
+Kind regards
+Example Shop
+"""
+REVIEW_HTML = """<html><body>
+<p>Hello,</p>
+<p>thank you for your order 302-0000000-0000000. If you would like to share your experience with the
+product, you can leave a review on
+<a href="https://www.amazon.de/review/review-your-purchases/?asin=B0BENCH001">Amazon</a>.</p>
+<p>Your parcel was sent with
+<a href="https://www.dhl.de/de/privatkunden/pakete-empfangen/verfolgen.html?piececode=00340434161234567890">DHL</a>.</p>
+<p>Kind regards<br>Example Shop</p>
+</body></html>
+"""
+
+
+def review_html_body() -> tuple[list[str], str]:
+    """Extra header fields and the body of the ``review-html`` template (~2 KB, multipart/alternative)."""
+    headers = ['Content-Type: multipart/alternative; boundary="bench-alt"']
+    body = (
+        "--bench-alt\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+        f"{REVIEW_TEXT}\n--bench-alt\nContent-Type: text/html; charset=utf-8\n"
+        f"Content-Transfer-Encoding: 8bit\n\n{REVIEW_HTML}\n--bench-alt--\n"
+    )
+    return headers, body
+
+
 def message_text(stream: Stream) -> str:
     """The message file for ``smtp-source -F`` (LF line ends; smtp-source sends CRLF and dot-stuffs)."""
+    if stream.template == "review-html":
+        content_headers, body = review_html_body()
+        headers = [
+            f"From: Example Shop <{stream.sender}>",
+            f"To: <{stream.recipient}>",
+            "Subject: How did we do? Order 302-0000000-0000000",
+            "Date: Sun, 22 Nov 2026 10:00:00 +0000",
+            f"Message-ID: <bench-{stream.name}@shop.test>",
+            "MIME-Version: 1.0",
+            *content_headers,
+            f"{TAG_HEADER}: review {REVIEW_TOKEN}",
+        ]
+        return "\n".join(headers) + "\n\n" + body
     headers = [
         f"From: Example Shop <{stream.sender}>",
         f"To: <{stream.recipient}>",
@@ -124,8 +194,9 @@ ERROR_TRANSPORT_REGEXP = r"""# The admin's alternative to amzguard: refuse buyer
 """
 
 
-def amzguard_sections() -> dict[str, object]:
-    """amzguard's config for the benchmark: review channel on, only the review mailer may use it.
+def amzguard_sections(content: bool = True) -> dict[str, object]:
+    """amzguard's config for the benchmark: review channel on, only the review mailer may use it;
+    ``content``: the content rules at their defaults, else every rule off.
 
     With ``allowed_senders`` set, the shop's order mail to a buyer is refused at RCPT (as is the
     transport-map recipe's), so neither setup receives the refused message's data.
@@ -140,4 +211,12 @@ def amzguard_sections() -> dict[str, object]:
             "critical": only_review_sender,
         },
         "logging": {"level": "info"},
+        **({} if content else {"content": {"rules": {rule: "off" for rule in CONTENT_RULE_KEYS}}}),
     }
+
+
+CONTENT_RULE_KEYS = (
+    "list_unsubscribe", "unsubscribe_link", "tracking_pixel", "http_image", "foreign_link", "email_address",
+    "phone_number", "emoji", "attachment_size", "attachment_type", "missing_order_id", "incentive_wording",
+)  # fmt: skip
+"""Every ``content.rules`` key (a test checks this against amzguard.content.ContentRule)."""

@@ -26,6 +26,7 @@ from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOp
 from .secret_scan import SecretScan
 from .sendmail_route import Mta, classify_sendmail_recipient, mta_of, uncertain_deletes
 from .store import SchemaError, Store, StoreError, open_store
+from .transaction import Judgement, Transaction
 from .policy import (
     AddRecipient,
     Decision,
@@ -35,22 +36,17 @@ from .policy import (
     MessagePlan,
     Mode,
     Policy,
-    ReplyCheck,
     ReviewSent,
     SubmissionPath,
 )
 
 log = logging.getLogger("amzguard")
 
-MAX_FIELDS_PER_HEADER = 50
-MAX_HEADER_VALUE = 8192
-"""Only short header fields matter to the policy (tags, subjects); longer ones are cut to bound memory."""
+NULL_SENDER = Address(raw="", local="", domain="")
 
 TEMPFAIL_TEXT = "amzguard internal error, try again later"
 STORE_TEMPFAIL_TEXT = "amzguard opt-out store unavailable, try again later"
 SECRET_BOUNCE_TEXT = "bounce carries amzguard's review secret; not sent (refused by amzguard)"
-MAX_BODY_SCAN = 256 * 1024
-"""Bytes of a review request's body searched for its order id; the id is near the top in practice."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,8 +75,7 @@ class Snapshot:
         return cls(config=config, policy=policy, store=store, wanted_headers=policy.wanted_headers())
 
     def uses_store(self) -> bool:
-        settings = self.policy.settings
-        return settings.review.enabled or (settings.reply.enabled and settings.reply.check is ReplyCheck.THREAD)
+        return self.policy.uses_store()
 
 
 class Runtime:
@@ -240,14 +235,15 @@ class AmzguardMilter(Milter.Base):
 
     # -- per-message state -------------------------------------------------------------------------
 
-    def _reset_message(self) -> None:
-        self.sender = Address(raw="", local="", domain="")
-        self.recipients: list[Recipient] = []
-        self.headers: list[tuple[str, str]] = []
-        self.header_counts: dict[str, int] = {}
-        self._body = bytearray()
-        self._body_wanted: bool | None = None
+    def _reset_message(self, sender: Address = NULL_SENDER) -> None:
+        self.sender = sender
+        # The message's whole judgement lives in the transaction (shared with explain and lint); this
+        # class only moves what libmilter says into it and applies what comes out.
+        self.trx = Transaction(self.snapshot.policy, self.path, sender, self.snapshot.wanted_headers)
+        self._trx_reads_body = True
+        """False once the transaction has read all of the body it wants."""
         self._secret_scan: SecretScan | None = None
+        self._secret_asked = False
         self.failed_stage = None
         self.rcpt_passed = 0
         self.rcpt_refused = 0
@@ -325,7 +321,7 @@ class AmzguardMilter(Milter.Base):
         self._end_transaction()
         self._reset_message()
         self._start_message()
-        self.sender = parse_address(mailfrom)
+        self.sender = self.trx.sender = parse_address(mailfrom)
         return Milter.CONTINUE
 
     @guarded(MilterStage.RCPT, replies=True)
@@ -334,12 +330,11 @@ class AmzguardMilter(Milter.Base):
             return self._rcpt_error()
         with self.metrics.deciding(DecisionStage.RCPT):
             snapshot = self.snapshot
-            recipient = self._classify(to)
-            decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
+            decision = self.trx.add_recipient(self._classify(to))
             if decision is None:
-                self.recipients.append(recipient)
                 self.rcpt_passed += 1
                 return Milter.CONTINUE
+            recipient = decision.recipient
             self._log_decision(decision, "rcpt")
             if snapshot.policy.settings.mode is Mode.MONITOR:
                 # Decided and counted already: the recipient stays in the envelope, but is not judged
@@ -396,26 +391,22 @@ class AmzguardMilter(Milter.Base):
 
     @guarded(MilterStage.BODY, replies=False)
     def body(self, chunk: bytes) -> int:
-        """Read the body only of a tagged review request whose subject lacks the order id, and only its
-        first ``MAX_BODY_SCAN`` bytes, and search all of a bounce's for the review secret (secret_scan.py);
-        every other message is told to skip the rest of its body."""
-        if self._body_wanted is None:
-            facts = self._facts()
-            self._body_wanted = self.snapshot.policy.wants_body(facts)
-            secret = self.snapshot.policy.secret_to_find(facts)
+        """Read the body only where the transaction wants it (a tagged review request whose subject lacks
+        the order id; a message a channel grants to a buyer while a content rule reads bodies), as far
+        as it wants it, and search all of a bounce's for the review secret (secret_scan.py); every other
+        message is told to skip the rest of its body."""
+        if not self._secret_asked:
+            self._secret_asked = True
+            secret = self.snapshot.policy.secret_to_find(self.trx.header_facts())
             self._secret_scan = SecretScan(secret) if secret else None
-        if self._secret_scan is not None:
-            self._secret_scan.feed(chunk)
-        if self._body_wanted and len(self._body) < MAX_BODY_SCAN:
-            self._body += chunk[: MAX_BODY_SCAN - len(self._body)]
-            if len(self._body) < MAX_BODY_SCAN:
-                return Milter.CONTINUE
-        if self._secret_scan is not None and not self._secret_scan.found:
+        scan = self._secret_scan
+        if scan is not None:
+            scan.feed(chunk)
+        if self._trx_reads_body:
+            self._trx_reads_body = self.trx.body(chunk)
+        if self._trx_reads_body or (scan is not None and not scan.found):
             return Milter.CONTINUE
         return Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE
-
-    def _facts(self) -> MessageFacts:
-        return MessageFacts(sender=self.sender, path=self.path, headers=tuple(self.headers))
 
     def header_bytes(self, name: str, value: bytes) -> int:
         """Count every header field, keep those the policy reads.
@@ -426,12 +417,7 @@ class AmzguardMilter(Milter.Base):
         milter CPU per message. Errors follow ``guarded``: logged, answered at end of message.
         """
         try:
-            key = name.casefold() if isinstance(name, str) else str(name).casefold()
-            counts = self.header_counts
-            seen = counts[key] = counts.get(key, 0) + 1
-            if seen <= MAX_FIELDS_PER_HEADER and key in self.snapshot.wanted_headers:
-                text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-                self.headers.append((name, text[:MAX_HEADER_VALUE]))
+            self.trx.header(name if isinstance(name, str) else str(name), value)
         except Exception:
             self.record_failure(MilterStage.HEADER)
         return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
@@ -445,37 +431,41 @@ class AmzguardMilter(Milter.Base):
             if self._secret_scan is not None and self._secret_scan.found and self._refuse_secret_bounce():
                 return Milter.REJECT
             policy = self.snapshot.policy
-            facts = policy.read_order_id(self._facts(), bytes(self._body))
+            trx = self.trx
+            facts = trx.facts()
             for channel in policy.bad_token_channels(facts):
                 log.warning("%s: %s tag with a wrong secret (treated as untagged)", self.queue_id(), channel.value)
                 self.metrics.bad_token(channel)
-            questions = policy.store_questions(facts, self.recipients)
+            questions = trx.questions()
             if not questions:
-                verdict = self._judge(facts)
+                verdict = self._judge(None)
             else:
                 store = self.snapshot.store
                 # From look-up to record: a second request for the order waits here. Only deciding and
                 # recording happen under the lock; the answer to the MTA is written after it is released,
                 # so a slow MTA socket never holds up the other connections' review requests.
                 with store.review_lock:
+                    answered = None
                     try:
                         with self.metrics.store_call(StoreOperation.LOOKUP, store.backend):
-                            facts = store.answer(questions, facts)
+                            answered = store.answer(questions, facts)
                     except StoreError as exc:
                         if self._store_failed(exc, StoreOperation.LOOKUP):
                             return self._store_tempfail()
-                    verdict = self._judge(facts)
+                    verdict = self._judge(answered)
             if verdict is None:
                 return self._store_tempfail()
-            plan, decisions, facts = verdict
-            if facts.order_id:
-                log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
-            for decision in decisions:
+            judgement = verdict
+            if judgement.facts.order_id:
+                log.info("%s: review request for order %s", self.queue_id(), judgement.facts.order_id)
+            for decision in judgement.decisions:
                 self._log_decision(decision, "eom")
-            return self._apply(plan)
+            for finding in judgement.findings:
+                self.metrics.content_finding(finding)
+            return self._apply(judgement.plan or MessagePlan(reject=None))
 
-    def _judge(self, facts: MessageFacts) -> tuple[MessagePlan, tuple[Decision, ...], MessageFacts] | None:
-        """Decide and record (no MTA I/O); None when the message must be tempfailed for the store.
+    def _judge(self, answered: MessageFacts | None) -> Judgement | None:
+        """Judge and record (no MTA I/O); None when the message must be tempfailed for the store.
 
         The record is where the store decides which review request for an order is first (one atomic
         statement, across every host sharing the database): when another message claimed the order after
@@ -488,12 +478,10 @@ class AmzguardMilter(Milter.Base):
         """Orders whose first review request is remembered already; with one_per_order off that is no
         reason to refuse, and which buyer got the first one is what opt-out notices need."""
         for _ in range(3):
-            decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
-            plan = policy.plan(facts, decisions, self.header_counts)
-            records = policy.store_records(facts, decisions) if plan.reject is None else ()
-            records = tuple(r for r in records if not (isinstance(r, ReviewSent) and r.order_id in kept))
+            judgement = self.trx.judge(answered)
+            records = tuple(r for r in judgement.records if not (isinstance(r, ReviewSent) and r.order_id in kept))
             if not records:
-                return plan, decisions, facts
+                return judgement
             try:
                 with self.metrics.store_call(StoreOperation.RECORD, store.backend):
                     taken = store.record(records)
@@ -503,15 +491,15 @@ class AmzguardMilter(Milter.Base):
                 must_record = any(isinstance(record, ReviewSent) for record in records)
                 if self._store_failed(exc, StoreOperation.RECORD, must_record):
                     return None
-                return plan, decisions, facts
+                return judgement
             if not taken:
-                return plan, decisions, facts
+                return judgement
             if not policy.settings.review.one_per_order:
                 kept |= taken
                 continue
             log.info("%s: order %s got its review request through another message first (another host)",
                      self.queue_id(), ", ".join(sorted(taken)))  # fmt: skip
-            facts = replace(facts, reviewed_orders=facts.reviewed_orders | taken)
+            answered = replace(judgement.facts, reviewed_orders=judgement.facts.reviewed_orders | taken)
         return None
 
     def _refuse_secret_bounce(self) -> bool:

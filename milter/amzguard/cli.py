@@ -1,4 +1,4 @@
-"""Command line: ``amzguard run``, ``check-config``, ``check-postfix``, ``explain``, ``optout …`` (see
+"""Command line: ``amzguard run``, ``check-config``, ``check-postfix``, ``explain``, ``lint``, ``optout …`` (see
 optout_cli.py) and ``store …`` (store_cli.py).
 
 ``-c FILE`` may stand before the command (``amzguard -c FILE optout list``) or after it; after it wins.
@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
     )
+    lint = with_config(
+        commands.add_parser("lint", help="the milter's whole judgement of message files, every finding with its line")
+    )
+    lint.add_argument("files", nargs="+", metavar="FILE.eml", help="RFC 5322 message files ('-': stdin)")
+    lint.add_argument("--to", action="append", default=[], metavar="ADDRESS",
+                      help="envelope recipient (repeatable; default: the file's To and Cc addresses)")  # fmt: skip
+    lint.add_argument("--sender", default=None, metavar="ADDR", help="envelope sender (default: the From address)")
+    lint.add_argument("--sendmail", action="store_true", help="judge as submitted with sendmail(1), not SMTP")
+    lint.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     optout_cli.add_parser(commands, with_config)
     store_cli.add_parser(commands, with_config)
     doctor = with_config(
@@ -91,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return store_cli.run(args, config)
     if args.command == "check-postfix":
         return _check_postfix(config, args)
+    if args.command == "lint":
+        from .lint import run as lint
+        from .policy import SubmissionPath
+
+        path = SubmissionPath.LOCAL if args.sendmail else SubmissionPath.SMTP
+        return lint(config, args.files, to=args.to, sender=args.sender, path=path, as_json=args.format == "json")
     configure_logging(config.log_level, replace=True, **_log_target(config))
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 

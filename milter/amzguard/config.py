@@ -21,6 +21,7 @@ import yaml
 
 from .address import BuyerPatterns, normalise_domain
 from .config_keys import BY_PATH, LISTEN_RE, RELAY_DOMAINS, Key
+from .content import DEFAULT_LINK_DOMAINS, ContentAction, ContentRule, ContentSettings
 from .policy import (
     CriticalChannelSettings,
     MissingOrderId,
@@ -47,6 +48,8 @@ REASON_TEXT_KEYS: dict[Reason, str] = {
     Reason.DUPLICATE_REVIEW: "duplicate_review_text",
     Reason.NO_ORDER_ID: "no_order_id_text",
     Reason.UNRESOLVED_ROUTE: "unresolved_route_text",
+    # The findings follow this text in the SMTP reply and bounce ("...: foreign-link: link to ...").
+    Reason.CONTENT: "content_text",
 }
 DEFAULT_REASON_TEXTS: dict[Reason, str] = {
     reason: BY_PATH[f"refusal.{key}"].default for reason, key in REASON_TEXT_KEYS.items()
@@ -136,6 +139,8 @@ class Config:
     log_addresses: AddressPrivacy
     metrics: MetricsSettings
     learn: LearnSettings
+    content: ContentSettings
+    """The same as ``policy.content`` (the content rules judge what the policy's channels grant)."""
     secret_files: tuple[SecretFile, ...] = ()
     """The secret files this configuration read (only those of features that are on)."""
 
@@ -280,7 +285,9 @@ def _allowed_senders(section: _Section) -> tuple[str, ...]:
     return tuple(s.strip() for s in section.value("allowed_senders"))
 
 
-def _parse_review(channels: _Section, base: Path | None, secrets: list[SecretFile]) -> ReviewChannelSettings:
+def _parse_review(
+    channels: _Section, base: Path | None, secrets: list[SecretFile]
+) -> tuple[ReviewChannelSettings, MissingOrderId | None]:
     review = channels.section("review")
     enabled = review.value("enabled")
     settings = ReviewChannelSettings(
@@ -289,10 +296,77 @@ def _parse_review(channels: _Section, base: Path | None, secrets: list[SecretFil
         token=_read_token(review, base, enabled, secrets),
         allowed_senders=_allowed_senders(review),
         one_per_order=review.value("one_per_order"),
-        missing_order_id=MissingOrderId(review.value("missing_order_id")),
     )
+    old_missing = _old_missing_order_id(review)
     review.done()
-    return settings
+    return settings, old_missing
+
+
+def _old_missing_order_id(review: _Section) -> MissingOrderId | None:
+    """``channels.review.missing_order_id``, folded into ``content.rules.missing_order_id`` (issue 11);
+    None unless the file sets it (old configs keep working, new ones need not name it)."""
+    value = review.value("missing_order_id")
+    return MissingOrderId(value) if review.given("missing_order_id") else None
+
+
+OLD_MISSING_ORDER_ID: dict[MissingOrderId, ContentAction] = {
+    MissingOrderId.ALLOW: ContentAction.LOG,
+    MissingOrderId.REFUSE: ContentAction.REFUSE,
+}
+"""``channels.review.missing_order_id`` (before issue 11): ``allow`` let the request pass, which the rule's
+``log`` still does (and says so); ``refuse`` is ``refuse``."""
+
+
+def _parse_content(top: _Section, relay_domains: tuple[str, ...], old_missing: MissingOrderId | None) -> ContentSettings:
+    """The ``content:`` section: what a message that reaches a buyer may contain (docs/content-rules.md)."""
+    content = top.section("content")
+    max_bytes = content.value("max_bytes")
+    skip_quoted = content.value("skip_quoted")
+
+    rules = content.section("rules")
+    actions: dict[ContentRule, ContentAction] = {}
+    for rule in ContentRule:
+        key = rule.value.replace("-", "_")
+        value = rules.value(key)
+        if rule is ContentRule.MISSING_ORDER_ID and old_missing is not None:
+            folded = OLD_MISSING_ORDER_ID[old_missing]
+            if rules.given(key) and ContentAction(value) is not folded:
+                raise rules.error(key, f"the same as channels.review.missing_order_id ({old_missing.value} = "
+                                       f"{folded.value}), or remove that old key", value)  # fmt: skip
+            value = folded.value
+        actions[rule] = ContentAction(value)
+    rules.done()
+
+    links = content.section("links")
+    allowed_domains = links.value("allowed_domains")
+    extra_domains = links.value("extra_domains")
+    links.done()
+
+    attachments = content.section("attachments")
+    max_total = attachments.value("max_total_bytes")
+    types = attachments.value("types")
+    attachments.done()
+
+    wording = content.section("wording")
+    languages = wording.value("languages")
+    phrases = wording.value("phrases")
+    extra_phrases = wording.value("extra_phrases")
+    wording.done()
+    content.done()
+
+    domains = tuple(normalise_domain(d) for d in allowed_domains) if allowed_domains is not None else DEFAULT_LINK_DOMAINS
+    return ContentSettings(
+        actions=tuple(actions.items()),
+        max_bytes=max_bytes,
+        link_domains=tuple(dict.fromkeys(domains + tuple(normalise_domain(d) for d in extra_domains))),
+        address_domains=relay_domains,
+        attachment_types=tuple(t.strip().lower() for t in types),
+        max_attachment_bytes=max_total,
+        languages=tuple(dict.fromkeys(languages)),
+        phrases=tuple(p.strip() for p in phrases) if phrases is not None else None,
+        extra_phrases=tuple(p.strip() for p in extra_phrases),
+        skip_quoted=skip_quoted,
+    )
 
 
 def _parse_reply(channels: _Section) -> ReplyChannelSettings:
@@ -425,11 +499,12 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
     refusal.done()
 
     channels = top.section("channels")
-    review = _parse_review(channels, path, secrets)
+    review, old_missing = _parse_review(channels, path, secrets)
     reply = _parse_reply(channels)
     critical = _parse_critical(channels)
     channels.done()
     store = _parse_store(top, path, secrets)
+    content = _parse_content(top, buyers.relay_domains, old_missing)
 
     mode = Mode(top.value("mode"))
     logging_settings, log_addresses = _parse_logging(top, path, buyers.marked_prefixes, secrets)
@@ -447,6 +522,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         reply=reply,
         critical=critical,
         reason_texts=reason_texts,
+        content=content,
     )
     return Config(
         source=path,
@@ -457,6 +533,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         log_addresses=log_addresses,
         metrics=metrics,
         learn=learn,
+        content=content,
         secret_files=tuple(secrets),
     )
 

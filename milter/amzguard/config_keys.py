@@ -26,6 +26,16 @@ from enum import StrEnum
 from typing import Any
 
 from .address import DOMAIN_NAME_RE, normalise_domain
+from .content import (
+    DEFAULT_ACTIONS,
+    DEFAULT_ATTACHMENT_TYPES,
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    DEFAULT_MAX_BYTES,
+    LANGUAGES,
+    REMOVABLE_RULES,
+    ContentAction,
+    ContentRule,
+)
 from .policy import MissingOrderId, MixedRecipients, Mode, ReplyCheck
 from .privacy import AddressStyle
 
@@ -110,6 +120,17 @@ class Key:
     @property
     def name(self) -> str:
         return self.path.rpartition(".")[2]
+
+
+_MIME_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(?:\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
+
+
+def _mime_types(v: object) -> bool:
+    return isinstance(v, list | tuple) and all(isinstance(t, str) and _MIME_TYPE_RE.match(t.strip().lower()) for t in v)
+
+
+def _phrases(v: object) -> bool:
+    return is_str_list(v) and all(len(p) <= 200 for p in v)  # type: ignore[union-attr]
 
 
 def boolean(path: str, default: bool, doc: str, details: str = "") -> Key:
@@ -211,6 +232,9 @@ KEYS: tuple[Key, ...] = (
     line("refusal.no_order_id_text", "Review request without an Amazon order id (NNN-NNNNNNN-NNNNNNN) in "
          "subject or body (refused by amzguard)",
          "Refusal text for a review request without order id (channels.review.missing_order_id: refuse)."),
+    line("refusal.content_text", "Content that Amazon forbids in messages to buyers (refused by amzguard)",
+         "Refusal text for a message a channel grants whose content a refusing rule found (the findings "
+         "follow it)."),
     line("refusal.unresolved_route_text", "Amazon buyer address in a routing form whose destination is not "
          "certain (refused by amzguard)",
          "Refusal text for a buyer address whose routed destination amzguard cannot be sure of (%, !, @ in "
@@ -239,7 +263,9 @@ KEYS: tuple[Key, ...] = (
             "The order id (NNN-NNNNNNN-NNNNNNN) is read from the subject, else from the decoded body (first "
             "256 KiB). Needs the store."),
     choice("channels.review.missing_order_id", "allow", MissingOrderId,
-           "A review request without an order id: allow (cannot be checked for repeats) or refuse."),
+           "Old form of content.rules.missing_order_id (allow = log, refuse = refuse); read only when set.",
+           "Folded into content.rules.missing_order_id (issue 11), which also covers critical messages; "
+           "setting both to different actions is an error."),
     # channels.reply
     boolean("channels.reply.enabled", True, "The reply channel: replies in a thread the buyer started pass, "
             "also to buyers who opted out."),  # fmt: skip
@@ -336,6 +362,32 @@ KEYS: tuple[Key, ...] = (
          "is never bounced (that would send backscatter to Amazon): it is logged, accepted (exit 0) and, "
          "with this key, written to a new file in this directory (like a maildir's new/), which must be "
          "writable by the pipe transport's user.", "directory path"),
+    # content (issue 11; docs/content-rules.md)
+    integer("content.max_bytes", DEFAULT_MAX_BYTES, 4096, 16 * 1024 * 1024, "bytes",
+            "Decoded text read per message for the content rules (attachments are measured, not read)."),
+    boolean("content.skip_quoted", True, "Leave quoted text (the buyer's own message in a reply) unjudged."),
+    *(choice(f"content.rules.{rule.value.replace('-', '_')}", DEFAULT_ACTIONS[rule].value,
+             [a.value for a in ContentAction if a is not ContentAction.REMOVE or rule in REMOVABLE_RULES],
+             f"What a {rule.value} finding does in a message a channel grants to a buyer.")
+      for rule in ContentRule),
+    Key("content.links.allowed_domains", "list of strings", None,
+        "Hosts links may point to (subdomains too); unset: Amazon's sites and carriers' tracking pages.",
+        "a list of domain names", _domains, shown_default="Amazon's sites and about 50 carriers"),
+    Key("content.links.extra_domains", "list of strings", (), "Hosts added to the allow-list (the shop's own).",
+        "a list of domain names", _domains),
+    integer("content.attachments.max_total_bytes", DEFAULT_MAX_ATTACHMENT_BYTES, 1, 2**40, "bytes",
+            "Largest total size of a message's attachments (Amazon: 10 MB)."),
+    Key("content.attachments.types", "list of strings", DEFAULT_ATTACHMENT_TYPES,
+        "MIME types attachments may have ('image/*' allowed).",
+        "a list of MIME types such as 'application/pdf' or 'image/*'", _mime_types),
+    Key("content.wording.languages", "list of strings", LANGUAGES,
+        "Languages whose incentive/review-manipulation phrases are searched.",
+        f"a list of languages among {', '.join(LANGUAGES)}",
+        lambda v: isinstance(v, list | tuple) and all(lang in LANGUAGES for lang in v)),
+    Key("content.wording.phrases", "list of strings", None, "Phrases that replace the built-in lists.",
+        "a list of phrases (replaces the built-in lists)", _phrases),
+    Key("content.wording.extra_phrases", "list of strings", (), "Phrases added to the built-in lists.",
+        "a list of phrases (added to the built-in lists)", _phrases),
 )
 
 BY_PATH: dict[str, Key] = {key.path: key for key in KEYS}

@@ -13,6 +13,8 @@ from .privacy import FULL_ADDRESSES, AddressPrivacy
 
 
 MAX_LOGGED_ADDRESS = 256
+MAX_LOGGED_FINDINGS = 1000
+"""Characters of content findings per line (ten findings per rule at most, each cut at 120)."""
 
 
 def bracketed(address: Address, privacy: AddressPrivacy = FULL_ADDRESSES) -> str:
@@ -22,8 +24,22 @@ def bracketed(address: Address, privacy: AddressPrivacy = FULL_ADDRESSES) -> str
     if len(text) > MAX_LOGGED_ADDRESS:
         text = f"{text[:MAX_LOGGED_ADDRESS]}...({len(text)} chars)"
     # Control characters and undecodable octets must not forge extra log lines or break the reader.
-    safe = "".join(char if char.isprintable() else f"\\x{ord(char) & 0xFF:02x}" for char in text)
-    return f"<{safe}>"
+    return f"<{_printable(text)}>"
+
+
+def _printable(text: str) -> str:
+    return "".join(char if char.isprintable() else f"\\x{ord(char) & 0xFF:02x}" for char in text)
+
+
+def findings_field(decision: Decision) -> str:
+    """`` content=[refuse foreign-link: link to ...; log incentive-wording: ...]`` or nothing: what the
+    content rules found for a buyer a channel granted (evidence comes from mail data: escaped, cut)."""
+    if not decision.findings:
+        return ""
+    text = "; ".join(f"{f.action.value} {f.text()}" for f in decision.findings)
+    if len(text) > MAX_LOGGED_FINDINGS:
+        text = f"{text[:MAX_LOGGED_FINDINGS]}...({len(decision.findings)} findings)"
+    return f" content=[{_printable(text)}]"
 
 
 def decision_line(
@@ -40,5 +56,5 @@ def decision_line(
         f"{queue_id or 'NOQUEUE'}: from={bracketed(sender, privacy)}"
         f" rcpt={bracketed(decision.recipient.address, privacy)}"
         f" path={path.value} stage={stage} channel={decision.channel.value}"
-        f" decision={outcome} reason={decision.reason.value}"
+        f" decision={outcome} reason={decision.reason.value}{findings_field(decision)}"
     )

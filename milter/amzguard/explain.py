@@ -1,10 +1,9 @@
 """``amzguard explain``: what the configuration would do with a message to these addresses, and why.
 
 An admin asking "why was this refused?" or "will the review mail get through?" should get the answer of
-the milter itself, not of a second implementation: this runs the same policy calls in the same order as
-the adapter (``Policy.decide_at_rcpt`` per recipient; at end of message ``Policy.read_order_id``, the
-store's answers to ``Policy.store_questions``, then ``Policy.decide`` and ``Policy.plan``), on facts given on
-the command line instead of read from the MTA. The store is only read, and only if it exists: explaining a
+the milter itself, not of a second implementation: this drives the same ``transaction.Transaction`` as
+the adapter (recipients, header fields, body, the store's answers, the judgement), on facts given on the
+command line (or, for ``amzguard lint``, read from a file) instead of read from the MTA. The store is only read, and only if it exists: explaining a
 message must not create a database or record a review request.
 """
 
@@ -13,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .address import Recipient, classify_recipient, parse_address
+from .address import Recipient, parse_address
 from .config import Config
+from .content import CHUNK, ContentAction, HeaderField, needs_any_body
 from .decision_log import bracketed
 from .store import Store, StoreError, open_store
+from .transaction import Judgement, Transaction
 from .policy import (
     AddRecipient,
+    Channel,
     Decision,
     DeleteHeader,
     DeleteRecipient,
@@ -53,61 +55,64 @@ class RecipientVerdict:
 
 
 @dataclass(frozen=True, slots=True)
-class Judgement:
+class OfflineJudgement:
+    """The transaction's judgement of a message given on the command line or in a file."""
+
     verdicts: list[RecipientVerdict]
-    plan: MessagePlan | None
-    """None when nothing reaches end of message (every recipient refused at RCPT)."""
-    facts: MessageFacts
+    judgement: Judgement
     store_note: str | None = None
     """Why the store's answers are missing, when the policy had questions for it."""
+
+    @property
+    def plan(self) -> MessagePlan | None:
+        """None when nothing reaches end of message (every recipient refused at RCPT)."""
+        return self.judgement.plan
+
+    @property
+    def facts(self) -> MessageFacts:
+        return self.judgement.facts
 
 
 def judge(
     policy: Policy,
     sender: str,
     path: SubmissionPath,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str] | HeaderField],
     addresses: Sequence[str],
     store: Store | None = None,
-) -> Judgement:
-    """The adapter's sequence of policy calls, on given facts (no body: the order id comes from the
-    subject). ``store``: an existing store to read, or None."""
-    settings = policy.settings
-    sender_address = parse_address(sender)
-    wanted = policy.wanted_headers()
-    kept = tuple((name, value) for name, value in headers if name.casefold() in wanted)
-    header_counts: dict[str, int] = {}
-    for name, _ in headers:
-        header_counts[name.casefold()] = header_counts.get(name.casefold(), 0) + 1
-    facts = MessageFacts(sender=sender_address, path=path, headers=kept)
-    verdicts: list[RecipientVerdict] = []
-    at_eom: list[Recipient] = []
+    body: bytes | None = None,
+) -> OfflineJudgement:
+    """The milter's judgement on given facts: the same ``Transaction`` the adapter drives, fed the
+    envelope, the header fields (with their lines when they come from a file) and, if given, the body in
+    the MTA's chunk size. ``store``: an existing store, only read (never created, nothing recorded).
+    The milter judges what Postfix resolved (``{rcpt_addr}``) on the SMTP path; offline there is no
+    Postfix to ask, so recipients are judged as the milter does without that macro (see ROUTING_NOTE)."""
+    trx = Transaction(policy, path, parse_address(sender))
     for raw in addresses:
-        # The milter judges what Postfix resolved ({rcpt_addr}) on the SMTP path; explain cannot ask Postfix,
-        # so it judges as the milter does without that macro (see ROUTING_NOTE).
-        recipient = classify_recipient(raw, settings.buyers, smtp=path is SubmissionPath.SMTP)
-        early = policy.decide_at_rcpt(sender_address, recipient, path)
-        if early is not None:
-            verdicts.append(RecipientVerdict(recipient, early, "rcpt"))
-            if settings.mode is Mode.MONITOR:
-                continue  # logged once at RCPT, stays in the envelope, not judged again (as the adapter)
+        trx.rcpt(raw)
+    for field in headers:
+        if isinstance(field, HeaderField):
+            trx.header(field.name, field.value, field.line or None)
         else:
-            at_eom.append(recipient)
-    facts = policy.read_order_id(facts)
-    questions = policy.store_questions(facts, at_eom)
+            trx.header(*field)
+    if body is not None and trx.wants_body():
+        for start in range(0, len(body), CHUNK):
+            if not trx.body(body[start : start + CHUNK]):
+                break
+    questions = trx.questions()
+    answered = None
     store_note = None
     if questions and store is None:
         store_note = "the store does not exist yet, so no opt-out or earlier review request was consulted"
     elif questions and store is not None:
         try:
-            facts = store.answer(questions, facts)
+            answered = store.answer(questions, trx.facts())
         except StoreError as exc:
             store_note = f"the store could not be read ({exc}); the milter would apply store.on_error"
-    decisions = tuple(policy.decide(facts, recipient) for recipient in at_eom)
-    verdicts.extend(RecipientVerdict(d.recipient, d, "eom") for d in decisions)
-    passed_rcpt = at_eom or settings.mode is Mode.MONITOR
-    plan = policy.plan(facts, decisions, header_counts) if passed_rcpt else None
-    return Judgement(verdicts, plan, facts, store_note)
+    judgement = trx.judge(answered)
+    verdicts = [RecipientVerdict(d.recipient, d, "rcpt") for d in judgement.rcpt_decisions]
+    verdicts += [RecipientVerdict(d.recipient, d, "eom") for d in judgement.decisions]
+    return OfflineJudgement(verdicts, judgement, store_note)
 
 
 def _classification(recipient: Recipient) -> str:
@@ -132,6 +137,9 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
         case Reason.OPTED_OUT | Reason.DUPLICATE_REVIEW | Reason.NO_ORDER_ID:
             order = f" (order {facts.order_id})" if facts.order_id else ""
             return f"a {decision.channel.value} request{order} refused: {decision.reason.value}"
+        case Reason.CONTENT:
+            refusing = [f.text() for f in decision.findings if f.action is ContentAction.REFUSE]
+            return f"granted by the {decision.channel.value} channel, but refused for its content: {'; '.join(refusing)}"
         case Reason.UNRESOLVED_ROUTE:
             return "a routing form whose destination is not certain; refused whatever channel (see the note below)"
         case Reason.MARKER_ONLY:
@@ -148,7 +156,7 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
             return f"no channel grants this message ({'; '.join(notes)})"
 
 
-def _plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
+def plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
     if mode is Mode.MONITOR:
         return ["message: mode is monitor: the milter logs and counts the decisions above and changes nothing"]
     if plan is None:
@@ -208,4 +216,12 @@ def explain(
         ]
     if any(verdict.recipient.unresolved for verdict in verdicts):
         lines.append(ROUTING_NOTE)
-    return lines + _plan_lines(plan, mode)
+    lines += [f"content: {f.action.value} {f.text()}" for f in judgement.judgement.findings]
+    if not judgement.judgement.body_read and _body_rules_would_run(policy, judgement):
+        lines.append("note: explain has no body: content rules that read it were not run (amzguard lint FILE.eml runs them)")
+    return lines + plan_lines(plan, mode)
+
+
+def _body_rules_would_run(policy: Policy, judgement: OfflineJudgement) -> bool:
+    granted = any(v.decision.channel is not Channel.NONE and v.recipient.is_buyer for v in judgement.verdicts)
+    return granted and needs_any_body(policy.settings.content)

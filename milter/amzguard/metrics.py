@@ -41,6 +41,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .content import REMOVABLE_RULES, ContentAction, ContentRule, Finding
 from .store import BACKENDS, SOURCES, Store, StoreError
 from .policy import Channel, Decision, Mode, SubmissionPath, possible_decisions, tagged_channels
 
@@ -150,6 +151,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self.content_findings = Counter(
+            "content_findings",
+            "Content rule findings in messages a channel granted to a buyer, once per message, by rule and"
+            " the rule's action (log: passed; refuse: that buyer refused; remove: header deleted)",
+            ["rule", "action"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.bad_tokens = Counter(
             "channel_tags_bad_token",
             "Messages carrying a channel tag header whose secret is wrong",
@@ -237,6 +246,10 @@ class Metrics:
             self.recipients.labels(outcome.value, reason.value, channel.value, mode.value)
         for channel in tagged_channels():
             self.bad_tokens.labels(channel.value)
+        for rule in ContentRule:
+            for action in ContentAction:
+                if action is not ContentAction.OFF and (action is not ContentAction.REMOVE or rule in REMOVABLE_RULES):
+                    self.content_findings.labels(rule.value, action.value)
         for stage in MilterStage:
             self.errors.labels(stage.value)
         for stage in DecisionStage:
@@ -253,6 +266,9 @@ class Metrics:
 
     def recipient(self, decision: Decision, mode: Mode) -> None:
         self.recipients.labels(decision.outcome.value, decision.reason.value, decision.channel.value, mode.value).inc()
+
+    def content_finding(self, finding: Finding) -> None:
+        self.content_findings.labels(finding.rule.value, finding.action.value).inc()
 
     def bad_token(self, channel: Channel) -> None:
         self.bad_tokens.labels(channel.value).inc()

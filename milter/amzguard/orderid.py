@@ -3,12 +3,12 @@
 Amazon allows one review request per order, so the review channel must know which order a request is
 about; the shop's mailer writes the id into the subject or the text. Bodies arrive transfer-encoded
 (quoted-printable, base64, multipart), so the body is decoded the way a mail reader would before the
-id is searched; undecodable parts are searched as raw text. Pure code: no I/O.
+id is searched (by the content package's scanner); undecodable parts are searched as raw text. Pure
+code: no I/O.
 """
 
 from __future__ import annotations
 
-import email
 import html
 import re
 from collections.abc import Iterable
@@ -17,9 +17,6 @@ from email.message import Message
 
 ORDER_ID_RE = re.compile(r"(?<![0-9])([0-9]{3})-([0-9]{7})-([0-9]{7})(?![0-9])")
 """17 digits grouped 3-7-7; digits right before or after would make it some other number."""
-
-MAX_PARTS = 50
-"""A review request has one or two text parts; more are not searched (bounds the work on odd mail)."""
 
 
 def find_order_id(text: str) -> str | None:
@@ -58,30 +55,17 @@ def part_text(part: Message) -> str:
     return text
 
 
-def _part_texts(message: Message) -> Iterable[str]:
-    for count, part in enumerate(message.walk()):
-        if count >= MAX_PARTS:
-            return
-        if part.is_multipart() or part.get_content_maintype() not in ("text", "message"):
-            continue
-        yield part_text(part)
-
-
 def order_id_in_body(content_headers: Iterable[tuple[str, str]], body: bytes) -> str | None:
     """The first order id in a (possibly cut-off) message body.
 
     ``content_headers`` are the message's top-level ``Content-Type`` and ``Content-Transfer-Encoding``
-    fields, which say how to decode ``body``. A body cut off by the milter's size cap still yields the
-    ids in the part that arrived.
+    fields, which say how to decode ``body``. Decoded by the content rules' scanner (content/reader.py),
+    the one body reader of the milter, explain and lint, so all find the same id; a body cut off by the
+    size bound still yields the ids in the part that arrived, and undecodable mail is searched raw.
     """
-    head = "".join(f"{name}: {' '.join(value.split())}\r\n" for name, value in content_headers)
-    try:
-        message = email.message_from_bytes(head.encode("utf-8", "surrogateescape") + b"\r\n" + body)
-    except (ValueError, LookupError, UnicodeError):
-        message = None
-    if message is not None:
-        for text in _part_texts(message):
-            found = find_order_id(text)
-            if found:
-                return found
-    return find_order_id(body.decode("utf-8", "replace"))
+    from .content import DEFAULT_MAX_BYTES, BodyScanner, HeaderField  # content imports this module
+    from .content.rules import order_id_in_view
+
+    scanner = BodyScanner([HeaderField(name, value) for name, value in content_headers], 0, DEFAULT_MAX_BYTES)
+    scanner.feed(body)
+    return order_id_in_view(scanner.finish()) or find_order_id(body.decode("utf-8", "replace"))

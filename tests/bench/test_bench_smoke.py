@@ -124,3 +124,25 @@ def test_policy_and_register_smoke_report_every_row_with_positive_figures() -> N
             assert len(figures) == 6 and all(value > 0 for value in figures[1:4]), (size, figures)
         # p50 and p99 of each, then the p50 ratio
         assert len(both) == 5 and all(value > 0 for value in both), (size, both)
+
+
+def test_review_mix_smoke_with_content_rules_on_and_off(tmp_path: Path) -> None:
+    out = tmp_path / "review.json"
+    setups = "amzguard-unix,amzguard-nocontent"
+    report = _run(["bench.pipeline", "--smoke", "--quiet", "--mix", "review", "--setups", setups, "--json", str(out)],
+                  timeout=120)  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["mix_name"] == "review" and [s["name"] for s in data["mix"]] == ["order", "buyer-relay", "review"]
+    assert sorted(data["setups"]) == sorted(setups.split(","))
+    for name, per_sessions in data["setups"].items():
+        for sessions, figures in per_sessions.items():
+            assert figures["delivered_per_s"] > 0 and figures["milter_cpu_ms"] > 0, (name, sessions)
+    assert "mix review" in report
+
+
+def test_content_bench_smoke_reports_every_template() -> None:
+    report = _run(["bench.content_bench", "--smoke"], timeout=120)
+    for label in ("bench review-html (1.4 KB)", "en_marketing.eml", "5 MB PDF attached"):
+        [figures] = _row_figures(report, label)
+        # size KB, rules on us, rules off us, findings
+        assert len(figures) >= 4 and all(value > 0 for value in figures[:3]), (label, figures)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import random
+import re
 import signal
 import threading
 import time

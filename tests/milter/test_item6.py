@@ -33,7 +33,7 @@ BROKEN_RCPT = (
     "import amzguard.adapter as adapter\n"
     "def broken(*args, **kwargs):\n"
     "    raise RuntimeError('injected rcpt fault')\n"
-    "adapter.classify_recipient = broken\n"
+    "adapter.classify_recipient = broken\n"  # the adapter classifies (Postfix or Sendmail), then the transaction
 )
 
 

@@ -13,6 +13,7 @@ from miltertest import constants as c
 
 from amzguard.config import DEFAULT_REASON_TEXTS
 from amzguard.store import OptOut, SqliteStore
+from amzguard.content import ContentRule
 from amzguard.policy import Reason
 from tests.support.fake_mta import LOCAL_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
@@ -80,7 +81,9 @@ def test_review_request_order_id_from_a_later_body_chunk_then_duplicate_refused(
     with FakeMta(milter.socket) as mta:
         _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", f"Order {order}")],
                              body=base64.encodebytes(b"again").decode(), queue_id="4REVIEW0002")  # fmt: skip
-        assert [reply.command for reply in mta.body_replies] == [c.SMFIR_SKIP]  # id in subject: no body read
+        # The id is in the subject, but the content rules read what a channel grants to a buyer (with
+        # every content rule off this is SKIP: tests/milter/test_content_milter.py).
+        assert [reply.command for reply in mta.body_replies] == [c.SMFIR_CONTINUE]
     code, text = eom_reply(eom)
     assert code == "550"
     assert text == f"5.7.1 <{BUYER_KEY}>: {DEFAULT_REASON_TEXTS[Reason.DUPLICATE_REVIEW]}"
@@ -123,10 +126,16 @@ def test_register_changes_apply_without_restart(milter: MilterProcess, store: Sq
     assert eom[-1].command == c.SMFIR_ACCEPT
 
 
-def test_without_review_channel_no_body_is_negotiated(tmp_path: Path) -> None:
-    with start(tmp_path, "no-review", channels={"review": {"enabled": False}}) as proc:
+def test_without_review_channel_and_body_rules_no_body_is_negotiated(tmp_path: Path) -> None:
+    # Only the header rule on: nothing can want a body, so the step goes for the whole connection.
+    rules = {rule.value.replace("-", "_"): "off" for rule in ContentRule if rule is not ContentRule.LIST_UNSUBSCRIBE}
+    with start(tmp_path, "no-review", channels={"review": {"enabled": False}}, content={"rules": rules}) as proc:
         with FakeMta(proc.socket) as mta:
             assert mta.protocol & c.SMFIP_NOBODY
+    # The content rules read what the reply and critical channels grant, so by default the step stays.
+    with start(tmp_path, "no-review-content", channels={"review": {"enabled": False}}) as proc:
+        with FakeMta(proc.socket) as mta:
+            assert not mta.protocol & c.SMFIP_NOBODY
 
 
 def test_unusable_store_tempfails_only_what_needs_it(tmp_path: Path) -> None:

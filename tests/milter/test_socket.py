@@ -198,7 +198,7 @@ def test_odd_input_never_takes_the_process_down(milter: MilterProcess) -> None:
 
 def test_error_in_a_header_is_answered_at_end_of_message(tmp_path: Path) -> None:
     # Fault injection from outside the product code: the header step fails on every field.
-    prelude = "import amzguard.adapter as adapter\nadapter.MAX_FIELDS_PER_HEADER = object()\n"
+    prelude = "import amzguard.transaction as transaction\ntransaction.MAX_FIELDS_PER_HEADER = object()\n"
     proc = start(tmp_path, "faulty-header", prelude=prelude)
     try:
         with FakeMta(proc.socket) as mta:

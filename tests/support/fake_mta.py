@@ -23,6 +23,15 @@ def _encode_str_with_raw_octets(value: str) -> bytes:
 codec.encode_str = _encode_str_with_raw_octets
 codec.codectypes["str"] = (_encode_str_with_raw_octets, codec.codectypes["str"][1])
 
+
+def _encode_buf_bytes_too(value: str | bytes) -> bytes:
+    """Body chunks as given: bytes unchanged (a latin-1 or binary body), str as UTF-8 (raw octets kept)."""
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+codec.encode_buf = _encode_buf_bytes_too
+codec.codectypes["buf"] = (_encode_buf_bytes_too, codec.codectypes["buf"][1])
+
 # Postfix announces local (sendmail(1)) submissions like this; smtpd sends the real peer.
 LOCAL_PEER = ("localhost", "127.0.0.1", 0)
 SMTP_PEER = ("client.example.net", "192.0.2.10", 40025)
@@ -135,7 +144,7 @@ class FakeMta:
     def eoh(self) -> Reply | None:
         return self._step(c.SMFIP_NOEOH, c.SMFIP_NR_EOH, c.SMFIC_EOH)
 
-    def body(self, chunk: str) -> Reply | None:
+    def body(self, chunk: str | bytes) -> Reply | None:
         # Not through _step: miltertest's send_ar does not know SKIP, a legal answer to a body chunk.
         if self.protocol & c.SMFIP_NOBODY:
             return None
@@ -164,7 +173,7 @@ class FakeMta:
         sender: str,
         recipients: list[str],
         headers: list[tuple[str, str]] = (),
-        body: str | list[str] = "Hello.\r\n",
+        body: str | bytes | list[str] | list[bytes] = "Hello.\r\n",
         peer: tuple[str, str, int] = SMTP_PEER,
         queue_id: str | None = "4XTESTQ1D",
         base_headers: tuple[tuple[str, str], ...] = BASE_HEADERS,
@@ -183,7 +192,7 @@ class FakeMta:
             self.header(name, value)
         self.eoh()
         self.body_replies = []
-        for chunk in [body] if isinstance(body, str) else body:
+        for chunk in [body] if isinstance(body, (str, bytes)) else body:
             reply = self.body(chunk)
             self.body_replies.append(reply)
             if reply is not None and reply.command == c.SMFIR_SKIP:

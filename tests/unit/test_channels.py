@@ -15,13 +15,13 @@ from amzguard.config import (
     DEFAULT_REPLY_TEXT,
     parse_config,
 )
+from amzguard.content import ContentAction, ContentRule, ContentSettings
 from amzguard.policy import (
     AddRecipient,
     BuyerMessage,
     Channel,
     DeleteRecipient,
     MessageFacts,
-    MissingOrderId,
     Outcome,
     Policy,
     Reason,
@@ -232,11 +232,11 @@ def test_one_review_request_per_order() -> None:
     assert verdict(make_policy(review={"one_per_order": False}), repeated) == DELIVER_REVIEW
 
 
-def test_missing_order_id() -> None:
+def test_missing_order_id_is_no_channel_veto() -> None:
+    # A missing order id is the content rule missing-order-id (tests/unit/test_transaction.py); the channel
+    # itself grants, and one-per-order cannot apply without an id.
     assert verdict(make_policy(), facts([TAG])) == DELIVER_REVIEW
-    refusing = make_policy(review={"missing_order_id": MissingOrderId.REFUSE})
-    assert verdict(refusing, facts([TAG])) == (Outcome.REFUSE, Reason.NO_ORDER_ID, Channel.REVIEW)
-    assert verdict(refusing, facts([TAG], order_id=ORDER)) == DELIVER_REVIEW
+    assert verdict(make_policy(), facts([TAG], reviewed_orders=frozenset({ORDER}))) == DELIVER_REVIEW
 
 
 # -- order id reading ---------------------------------------------------------------------------------
@@ -260,7 +260,15 @@ def test_body_is_wanted_only_for_tagged_requests_without_an_id_in_the_subject() 
     assert policy.wants_body(facts([TAG, ("Subject", "Your opinion")]))
     assert not policy.wants_body(facts([TAG, ("Subject", f"Order {ORDER}")]))
     assert not policy.wants_body(facts([("Subject", "Your opinion")]))
-    assert not make_policy(review={"enabled": False}).wants_body_step()
+    # Without the review channel the body is still wanted for the content rules of the other channels;
+    # with no body rule on (or no channel on) the body step can go for the whole connection.
+    assert make_policy(review={"enabled": False}).wants_body_step()
+    no_body_rules = ContentSettings(actions=tuple((rule, ContentAction.OFF) for rule in ContentRule))
+    assert not make_policy(review={"enabled": False}, content=no_body_rules).wants_body_step()
+    no_channel = make_policy(review={"enabled": False}, reply={"enabled": False}, critical={"enabled": False})
+    assert not no_channel.wants_body_step()
+    assert no_channel.wanted_headers() == {"x-amzguard-channel"}
+    assert {"subject", "content-type", "list-unsubscribe"} <= policy.wanted_headers()
 
 
 # -- the store's questions and records -------------------------------------------------------------------

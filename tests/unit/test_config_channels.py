@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from amzguard.config import DEFAULT_REASON_TEXTS, DEFAULT_STORE_PATH, ConfigError, load_config, parse_config
-from amzguard.policy import MissingOrderId, Reason, ReplyCheck
+from amzguard.content import ContentAction, ContentRule
+from amzguard.policy import Reason, ReplyCheck
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +19,7 @@ def test_defaults() -> None:
     assert policy.reply.enabled and policy.reply.check is ReplyCheck.REFERENCE
     assert policy.reply.reference_domains == () and policy.reply.subject_prefixes == ()
     assert policy.critical.enabled and policy.critical.marker == "[Important]"
-    assert policy.review.one_per_order and policy.review.missing_order_id is MissingOrderId.ALLOW
+    assert policy.review.one_per_order and policy.content.action(ContentRule.MISSING_ORDER_ID) is ContentAction.LOG
     assert config.store.path == DEFAULT_STORE_PATH
     assert (config.store.on_error, config.store.retention_days) == ("tempfail", 730)
     for reason, text in DEFAULT_REASON_TEXTS.items():
@@ -55,7 +56,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     )
     config = load_config(config_file)
     policy = config.policy
-    assert (policy.review.one_per_order, policy.review.missing_order_id) == (False, MissingOrderId.REFUSE)
+    assert (policy.review.one_per_order, policy.content.action(ContentRule.MISSING_ORDER_ID)) == (False, ContentAction.REFUSE)
     assert policy.reply.check is ReplyCheck.THREAD
     assert policy.reply.reference_domains == ("mail.amazon.example",)
     assert policy.reply.subject_prefixes == ("Re:", "AW:")

@@ -1,9 +1,10 @@
 """``possible_decisions()`` (the label sets the metrics pre-create) holds every decision the policy takes,
-and each of its combinations does occur."""
+the content rules' refusals after it included (the transaction), and each of its combinations does occur."""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from amzguard.address import classify_recipient, parse_address
 from amzguard.config import parse_config
 from amzguard.policy import MessageFacts, Policy, SubmissionPath, possible_decisions
+from amzguard.transaction import Transaction
 
 TOKEN = "decision-space-token-01234"
 ORDER = "302-1234567-7654321"
@@ -24,6 +26,10 @@ HEADERS = [
     ("Subject", "Your order shipped"),
     ("In-Reply-To", "<0102018c3f.5e1a@marketplace.amazon.de>"),
     ("References", "<thread-1@shop.test>"),
+    # For the content rules: an emoji refuses whatever channel grants it (content), a critical message
+    # without an order id is refused as no-order-id when missing_order_id is refuse.
+    ("Subject", f"[Important] Re: order {ORDER} \N{PARTY POPPER}"),
+    ("Subject", "[Important] your delivery address"),
 ]
 KEYS = ["q7x2k9m4p1z8w3v5@marketplace.amazon.de", "40417@amazon.fr", "q7@marketplace.amazon.de"]
 
@@ -63,6 +69,17 @@ def decisions(policy: Policy, raw: str, headers, path, keys, reviewed: bool, wit
     for decision in (policy.decide(facts, recipient), policy.decide_at_rcpt(facts.sender, recipient, path)):
         if decision is not None:
             yield decision.outcome, decision.reason, decision.channel
+    # The same message through the transaction, which adds the content rules' refusals.
+    trx = Transaction(policy, path, facts.sender)
+    early = trx.rcpt(raw)
+    if early is not None:
+        yield early.outcome, early.reason, early.channel
+    for name, value in headers:
+        trx.header(name, value)
+    read = trx.facts()
+    answered = replace(facts, headers=read.headers, order_id=read.order_id if with_order else None)
+    for decision in trx.judge(answered).decisions:
+        yield decision.outcome, decision.reason, decision.channel
 
 
 def test_every_combination_of_the_space_occurs() -> None:
