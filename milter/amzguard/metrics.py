@@ -87,9 +87,12 @@ class StoreOperation(StrEnum):
 
 
 class DecisionStage(StrEnum):
-    """Where a recipient decision is taken: at RCPT TO when certain early, else at end of message."""
+    """Where a recipient decision is taken: at RCPT TO when certain early, at DATA for mail without buyers,
+    else at end of message."""
 
     RCPT = "rcpt"
+    DATA = "data"
+    """Mail without buyer recipients, accepted at DATA before its headers (``Policy.accepts_at_data``)."""
     EOM = "eom"
 
 
