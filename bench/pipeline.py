@@ -89,8 +89,12 @@ class CountingSink(Sink):
 class BenchPostfix(PostfixInstance):
     """The e2e harness's Postfix, with a counting sink and settings for many parallel sessions."""
 
-    def __init__(self, workdir: Path, milter: str | None = None, transport_maps: str | None = None) -> None:
-        super().__init__(workdir, milter=milter, transport_maps=transport_maps, extra_main_cf=BENCH_MAIN_CF)
+    def __init__(
+        self, workdir: Path, milter: str | None = None, transport_maps: str | None = None,
+        main_cf: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(workdir, milter=milter, transport_maps=transport_maps,
+                         extra_main_cf={**BENCH_MAIN_CF, **(main_cf or {})})  # fmt: skip
         self.sink = CountingSink(self.workdir / "sink")
 
     def queue_empty(self) -> bool:
@@ -151,6 +155,8 @@ class Setup:
     """"unix" or "inet"."""
     pythonpath: str | None = None
     """For a baseline amzguard: the directory its ``amzguard`` package is imported from (``--baseline``)."""
+    main_cf: tuple[tuple[str, str], ...] = ()
+    """main.cf settings of this setup's Postfix on top of the benchmark's."""
 
 
 SETUPS: tuple[Setup, ...] = (
@@ -162,6 +168,18 @@ SETUPS: tuple[Setup, ...] = (
     Setup("noop-c-unix", "no-op C libmilter, unix:", Filter.NONE, "noop-c", "unix"),
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
+FEW_MACROS = (
+    ("milter_connect_macros", ""), ("milter_helo_macros", ""), ("milter_mail_macros", ""),
+    ("milter_rcpt_macros", "i {rcpt_addr}"), ("milter_data_macros", "i"), ("milter_end_of_header_macros", ""),
+    ("milter_end_of_data_macros", "i"), ("milter_unknown_command_macros", ""),
+)  # fmt: skip
+"""Only the macros amzguard reads (the queue id for its log lines, ``{rcpt_addr}`` at RCPT); Postfix still
+sends a macro packet for every step, only shorter."""
+OPTIONAL_SETUPS: tuple[Setup, ...] = (
+    Setup("amzguard-unix-macros", "amzguard, unix:, few macros", Filter.AMZGUARD, "amzguard", "unix",
+          main_cf=FEW_MACROS),  # fmt: skip
+)
+"""Run only when named in --setups: measurements of one change, not part of the standard table."""
 SETUP_NAMES = tuple(setup.name for setup in SETUPS)
 BASELINE = Setup("baseline-unix", "amzguard baseline, unix:", Filter.AMZGUARD, "amzguard", "unix")
 """Another amzguard version in the same run (``--baseline DIR``), to measure what a change bought."""
@@ -227,7 +245,8 @@ def start_target(setup: Setup, base: Path) -> Target:
             table.write_text(traffic.ERROR_TRANSPORT_REGEXP)
             transport_maps = f"regexp:{table}"
         (workdir / "postfix").mkdir(mode=0o755)
-        postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps)
+        postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps,
+                               main_cf=dict(setup.main_cf))  # fmt: skip
         postfix.start()
     except BaseException:
         if milter is not None:
@@ -578,10 +597,14 @@ def target_lines(results: Results, names: Sequence[str]) -> list[str]:
                 f"  s={sessions:<3} {setup:<14} {what:<9} / {reference:<12} {ratio:5.2f} {relation} {bound:.2f}"
                 f"  {'ok' if met else 'MISSED'}"
             )
-    if BASELINE.name in names and "amzguard-unix" in names:
-        lines.append("what the change bought (amzguard, unix: / the baseline amzguard, unix:):")
+    comparisons = (("amzguard-unix", BASELINE.name, "amzguard, unix: / the baseline amzguard, unix:"),
+                   ("amzguard-unix-macros", "amzguard-unix", "few macros / all of Postfix's default macros"))  # fmt: skip
+    for changed, before, title in comparisons:
+        if changed not in names or before not in names:
+            continue
+        lines.append(f"what the change bought ({title}):")
         for sessions in results.sessions:
-            parts = [f"{what} {results.median('amzguard-unix', sessions, metric) / results.median(BASELINE.name, sessions, metric):.2f}"
+            parts = [f"{what} {results.median(changed, sessions, metric) / results.median(before, sessions, metric):.2f}"
                      for metric, what in (("milter_cpu_ms", "CPU/msg"), *METRICS)]  # fmt: skip
             lines.append(f"  s={sessions:<3} " + ", ".join(parts))
     return lines
@@ -618,7 +641,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per figure (default 5)")
     parser.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
     parser.add_argument("--sessions", default="10,50", help="smtp-source sessions, comma-separated")
-    parser.add_argument("--setups", default=",".join(SETUP_NAMES), help=f"subset of {','.join(SETUP_NAMES)}")
+    parser.add_argument("--setups", default=",".join(SETUP_NAMES),
+                        help=f"subset of {','.join(SETUP_NAMES)}; also {','.join(s.name for s in OPTIONAL_SETUPS)}")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured messages per setup first (default 200)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp"), help="where the instances live (default /tmp)")
@@ -640,11 +664,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         args.rounds, args.messages, args.warmup = 1, 20, 0
     wanted = [name.strip() for name in args.setups.split(",") if name.strip()]
-    unknown = set(wanted) - set(SETUP_NAMES)
+    known = SETUP_NAMES + tuple(setup.name for setup in OPTIONAL_SETUPS)
+    unknown = set(wanted) - set(known)
     if unknown:
-        print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(SETUP_NAMES)}", file=sys.stderr)
+        print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    setups = [setup for setup in SETUPS if setup.name in wanted]
+    setups = [setup for setup in (*SETUPS, *OPTIONAL_SETUPS) if setup.name in wanted]
     if args.baseline:
         if not (args.baseline / "amzguard" / "__init__.py").is_file():
             print(f"bench.pipeline: no amzguard package in {args.baseline}", file=sys.stderr)
