@@ -1,7 +1,7 @@
 # amzguard: `make run` starts the milter on the shipped config, `make test` runs the whole suite, `make demo`
 # shows what it decides on a throwaway Postfix (demo/; KEEP=1 keeps it running), `make bench` measures it on a
-# real Postfix (bench/). All set up what they need on a fresh Debian machine: apt packages (as root, or via
-# sudo) and a venv.
+# real Postfix (bench/), `make deb` builds the Debian package (build/, docs/install.md). All set up what they
+# need on a fresh Debian machine: apt packages (as root, or via sudo) and a venv.
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -11,17 +11,24 @@ RUN_DIR     := $(CURDIR)/var/run
 RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 
 
-# libmilter-dev builds pymilter; postfix and swaks drive the end-to-end tests; python3-yaml lets the system
-# Python run `amzguard optout learn` from a Postfix pipe as an unprivileged user (the venv may be out of its
-# reach); m4 and libwrap0 let the Sendmail test build its .cf and run the sendmail binary it unpacks itself
-# (it cannot be installed beside postfix); systemd provides systemd-analyze for the unit checks; man-db and
-# groff-base render the man pages (the tests check they render without warnings); python3-prometheus-client
+# libmilter-dev, gcc and python3-dev let pip compile pymilter, python3-venv makes the venv (Debian's python3
+# has no venv module without it); postfix and swaks drive the end-to-end tests and the demo; python3-yaml lets
+# the system Python run `amzguard optout learn` from a Postfix pipe as an unprivileged user (the venv may be
+# out of its reach); m4 and libwrap0 let the Sendmail test build its .cf and run the sendmail binary it unpacks
+# itself (it cannot be installed beside postfix); systemd provides systemd-analyze for the unit checks; man-db
+# and groff-base render the man pages (the tests check they render without warnings); python3-prometheus-client
 # is Debian's 0.16, on which a test checks that the _created series stay off.
-RUN_PACKAGES  := libmilter-dev gcc
+RUN_PACKAGES  := libmilter-dev gcc python3-dev python3-venv
 DEMO_PACKAGES := $(RUN_PACKAGES) postfix swaks python3-yaml
-TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd man-db groff-base python3-prometheus-client
+# `make deb`: debhelper with pybuild's pyproject plugin (the same setuptools build as `pip install .`), and
+# lintian to check the result.
+DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian
+# tests/deb builds the package and installs it into a copy of this system booted with systemd-nspawn
+# (systemd-container), where it needs the Debian packages the .deb depends on.
+TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd systemd-container man-db groff-base $(DEB_PACKAGES) \
+                 python3-milter python3-prometheus-client
 
-.PHONY: run test demo soak bench check-config docs system-run system-demo system-test venv clean
+.PHONY: run test demo soak bench check-config docs deb system-run system-demo system-test system-deb venv clean
 
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -52,6 +59,23 @@ check-config: $(STAMP)
 docs: $(STAMP)
 	$(VENV_PY) -m amzguard.config_keys --man > man/amzguard.yml.5
 	$(VENV_PY) -m amzguard.config_keys --markdown > docs/configuration.md
+
+# The Debian package, built from a copy of this checkout in build/src (nothing is written into the checkout):
+# build/amzguard_<version>_all.deb. The PATH is Debian's own: pybuild runs `python3.11` from PATH and must
+# get /usr/bin's (with Debian's setuptools), not a pyenv or venv interpreter that comes first in a shell.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null)
+deb: system-deb
+	rm -rf build/src && mkdir -p build/src
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./var --exclude=.pytest_cache \
+	    --exclude=.hypothesis --exclude=__pycache__ --exclude='*.egg-info' -f - . | tar -x -C build/src
+	cd build/src && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent LC_ALL=C.UTF-8 \
+	    dpkg-buildpackage -b -us -uc --no-sign >../dpkg-buildpackage.log 2>&1 \
+	    || { tail -40 ../dpkg-buildpackage.log; exit 1; }
+	rm -rf build/src
+	@echo "built build/amzguard_$(DEB_VERSION)_all.deb"
+
+system-deb:
+	@./.ci/ensure-packages $(DEB_PACKAGES)
 
 system-run:
 	@./.ci/ensure-packages $(RUN_PACKAGES)

@@ -169,12 +169,12 @@ SETUPS: tuple[Setup, ...] = (
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
 FEW_MACROS = (
-    ("milter_connect_macros", ""), ("milter_helo_macros", ""), ("milter_mail_macros", ""),
+    ("milter_connect_macros", "v"), ("milter_helo_macros", ""), ("milter_mail_macros", ""),
     ("milter_rcpt_macros", "i {rcpt_addr}"), ("milter_data_macros", "i"), ("milter_end_of_header_macros", ""),
     ("milter_end_of_data_macros", "i"), ("milter_unknown_command_macros", ""),
 )  # fmt: skip
-"""Only the macros amzguard reads (the queue id for its log lines, ``{rcpt_addr}`` at RCPT); Postfix still
-sends a macro packet for every step, only shorter."""
+"""Only the macros amzguard reads (``v`` at connect: which MTA it is; the queue id for its log lines;
+``{rcpt_addr}`` at RCPT); Postfix still sends a macro packet for every step, only shorter."""
 OPTIONAL_SETUPS: tuple[Setup, ...] = (
     Setup("amzguard-unix-macros", "amzguard, unix:, few macros", Filter.AMZGUARD, "amzguard", "unix",
           main_cf=FEW_MACROS),  # fmt: skip

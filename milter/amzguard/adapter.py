@@ -24,6 +24,8 @@ from .config import Config
 from .decision_log import decision_line
 from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOperation
 from .optout import OptOutStore, StoreError
+from .secret_scan import SecretScan
+from .sendmail_route import Mta, classify_sendmail_recipient, mta_of, uncertain_deletes
 from .policy import (
     AddRecipient,
     Decision,
@@ -46,6 +48,7 @@ MAX_HEADER_VALUE = 8192
 
 TEMPFAIL_TEXT = "amzguard internal error, try again later"
 STORE_TEMPFAIL_TEXT = "amzguard opt-out store unavailable, try again later"
+SECRET_BOUNCE_TEXT = "bounce carries amzguard's review secret; not sent (refused by amzguard)"
 MAX_BODY_SCAN = 256 * 1024
 """Bytes of a review request's body searched for its order id; the id is near the top in practice."""
 
@@ -193,6 +196,9 @@ class AmzguardMilter(Milter.Base):
         self.metrics = runtime.metrics
         self.data_without_reply = runtime.data_without_reply
         self.path = SubmissionPath.UNKNOWN
+        self.mta = Mta.UNKNOWN
+        """Told by the connect macro ``v`` (sendmail_route.mta_of)."""
+        self._warned_macros = False
         self.failed_stage: str | None = None
         self.message_open = False
         self.accept_at_data = False
@@ -229,6 +235,7 @@ class AmzguardMilter(Milter.Base):
         self.header_counts: dict[str, int] = {}
         self._body = bytearray()
         self._body_wanted: bool | None = None
+        self._secret_scan: SecretScan | None = None
         self.failed_stage = None
         self.rcpt_passed = 0
         self.rcpt_refused = 0
@@ -297,6 +304,7 @@ class AmzguardMilter(Milter.Base):
     @guarded(MilterStage.CONNECT, replies=False)
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         self.path = submission_path(hostname, hostaddr) if family != socket.AF_UNIX else SubmissionPath.UNKNOWN
+        self.mta = mta_of(self.getsymval("v"))
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -314,12 +322,7 @@ class AmzguardMilter(Milter.Base):
             return self._rcpt_error()
         with self.metrics.deciding(DecisionStage.RCPT):
             snapshot = self.snapshot
-            smtp = self.path is SubmissionPath.SMTP
-            # {rcpt_addr} is a RCPT macro: readable here only. On the SMTP path it is trivial-rewrite's
-            # resolved recipient, the address qmgr relays to; on the sendmail(1) path it merely repeats
-            # the envrcpt text (measured on Postfix 3.7.11), so only smtpd's is used.
-            resolved = self.getsymval("{rcpt_addr}") if smtp else None
-            recipient = classify_recipient(to, snapshot.policy.settings.buyers, resolved=resolved, smtp=smtp)
+            recipient = self._classify(to)
             decision = snapshot.policy.decide_at_rcpt(self.sender, recipient, self.path)
             if decision is None:
                 self.recipients.append(recipient)
@@ -335,6 +338,32 @@ class AmzguardMilter(Milter.Base):
             self.setreply(reject.code, reject.status, reject.text)
             self.rcpt_refused += 1
             return Milter.REJECT
+
+    def _classify(self, to: str) -> Recipient:
+        """The recipient as the MTA on this connection will route it (RCPT macros are readable only here)."""
+        buyers = self.snapshot.policy.settings.buyers
+        if self.mta is Mta.SENDMAIL:
+            # Sendmail's mailer triple from ruleset 0, for every recipient (sendmail_route.py).
+            mailer, host, addr = (self.getsymval(name) for name in ("{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"))
+            if mailer is None or addr is None:
+                self._warn_missing_macros()
+            return classify_sendmail_recipient(to, buyers, mailer=mailer, host=host, addr=addr)
+        smtp = self.path is SubmissionPath.SMTP
+        # On Postfix's SMTP path {rcpt_addr} is trivial-rewrite's resolved recipient, the address qmgr
+        # relays to; on the sendmail(1) path it merely repeats the envrcpt text (measured on Postfix
+        # 3.7.11), so only smtpd's is used.
+        resolved = self.getsymval("{rcpt_addr}") if smtp else None
+        recipient = classify_recipient(to, buyers, resolved=resolved, smtp=smtp)
+        # An MTA that did not say it is Postfix may be a Sendmail without the snippet's `v': its {rcpt_addr}
+        # means the same for relayed mail, but Postfix's delete texts need not match there.
+        return uncertain_deletes(recipient) if self.mta is Mta.UNKNOWN else recipient
+
+    def _warn_missing_macros(self) -> None:
+        if not self._warned_macros:
+            self._warned_macros = True
+            log.warning("%s: Sendmail sent no {rcpt_mailer}/{rcpt_addr}: every recipient that may be a buyer is "
+                        "refused (unresolved-route); ask for them in confMILTER_MACROS_ENVRCPT "
+                        "(etc/sendmail/amzguard.mc)", self.queue_id())  # fmt: skip
 
     def _rcpt_error(self) -> int:
         # A tempfail at RCPT is only legal for smtpd; otherwise answer at end of message.
@@ -373,13 +402,21 @@ class AmzguardMilter(Milter.Base):
     @guarded(MilterStage.BODY, replies=False)
     def body(self, chunk: bytes) -> int:
         """Read the body only of a tagged review request whose subject lacks the order id, and only its
-        first ``MAX_BODY_SCAN`` bytes; every other message is told to skip the rest of its body."""
+        first ``MAX_BODY_SCAN`` bytes, and search all of a bounce's for the review secret (secret_scan.py);
+        every other message is told to skip the rest of its body."""
         if self._body_wanted is None:
-            self._body_wanted = self.snapshot.policy.wants_body(self._facts())
+            facts = self._facts()
+            self._body_wanted = self.snapshot.policy.wants_body(facts)
+            secret = self.snapshot.policy.secret_to_find(facts)
+            self._secret_scan = SecretScan(secret) if secret else None
+        if self._secret_scan is not None:
+            self._secret_scan.feed(chunk)
         if self._body_wanted and len(self._body) < MAX_BODY_SCAN:
             self._body += chunk[: MAX_BODY_SCAN - len(self._body)]
             if len(self._body) < MAX_BODY_SCAN:
                 return Milter.CONTINUE
+        if self._secret_scan is not None and not self._secret_scan.found:
+            return Milter.CONTINUE
         return Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE
 
     def _facts(self) -> MessageFacts:
@@ -410,6 +447,8 @@ class AmzguardMilter(Milter.Base):
             if self.failed_stage:
                 log.error("%s: message not judged after failure in %s callback", self.queue_id(), self.failed_stage)
                 return self.error_reply(final=True)
+            if self._secret_scan is not None and self._secret_scan.found and self._refuse_secret_bounce():
+                return Milter.REJECT
             policy = self.snapshot.policy
             facts = policy.read_order_id(self._facts(), bytes(self._body))
             for channel in policy.bad_token_channels(facts):
@@ -466,6 +505,18 @@ class AmzguardMilter(Milter.Base):
             self.snapshot.store.purge_if_due()
         except StoreError as exc:
             self._store_failed(exc, StoreOperation.PURGE, needed=False)
+
+    def _refuse_secret_bounce(self) -> bool:
+        """A bounce that carries the review secret (secret_scan.py) is refused whole, unjudged; True when
+        refused (monitor mode only logs it and judges the message as usual). The reply names no secret."""
+        monitor = self.snapshot.policy.settings.mode is Mode.MONITOR
+        log.warning("%s: from=<> bounce carries the review channel's secret (a refused review request "
+                    "bounced by its submitter): %s", self.queue_id(), "would refuse" if monitor else "refused")  # fmt: skip
+        if monitor:
+            return False
+        self.setreply("550", "5.7.1", SECRET_BOUNCE_TEXT)
+        self._finish_message(MessageResult.REJECTED)
+        return True
 
     def _store_failed(self, exc: StoreError, operation: StoreOperation, needed: bool = True) -> bool:
         """Log and count a store failure; True when the message must be tempfailed (``store.on_error``)."""

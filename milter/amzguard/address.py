@@ -215,6 +215,8 @@ def routed_forms(address: Address) -> tuple[tuple[Address, ...], bool]:
     over-approximation, so that the buyer test fails closed. Returns the forms (the address first) and
     whether the search finished within ``MAX_ROUTED_FORMS``.
     """
+    if not has_routing_syntax(address.local):  # the common case: nothing to unwrap
+        return (address,), True
     forms: dict[tuple[str, str], Address] = {(address.local, address.domain): address}
     pending = [address.local]
     while pending:
@@ -339,7 +341,11 @@ def classify_recipient(
     address = parse_address(raw)
     raw_forms, complete = routed_forms(address)
     resolved_text = _text_of(resolved)
-    if resolved_text:
+    as_written = f"{address.local}@{address.domain}"
+    if resolved_text and len(raw_forms) == 1 and resolved_text.casefold() == as_written.casefold():
+        # The common case: Postfix resolved the address to what the client wrote (one parse, not two).
+        judged, forms, unresolved = address, raw_forms, False
+    elif resolved_text:
         judged = _judged(address, parse_address(resolved_text), raw_forms)
         judged_forms, judged_complete = routed_forms(judged)
         if not has_routing_syntax(judged.local) and judged.domain:

@@ -1,8 +1,10 @@
-"""Command line: ``amzguard run``, ``check-config``, ``explain`` and ``optout …`` (see optout_cli.py).
+"""Command line: ``amzguard run``, ``check-config``, ``check-postfix``, ``explain`` and ``optout …`` (see
+optout_cli.py).
 
 ``-c FILE`` may stand before the command (``amzguard -c FILE optout list``) or after it; after it wins.
-Exit status: 0 done; 1 ``check-config --user`` found something that user cannot read or write, or ``run``
-could not serve; 2 a configuration or usage error; the ``optout`` commands have their own (optout_cli.py).
+Exit status: 0 done; 1 ``check-config --user`` found something that user cannot read or write,
+``check-postfix`` found something, or ``run`` could not serve; 2 a configuration or usage error; the
+``optout`` commands have their own (optout_cli.py).
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
     )
     optout_cli.add_parser(commands, with_config)
+    doctor = with_config(
+        commands.add_parser("check-postfix", help="check Postfix's wiring to amzguard on this host (exit 1: findings)")
+    )
+    doctor.add_argument("--postfix-config", metavar="DIR", help="Postfix config directory (postconf -c DIR)")
+    doctor.add_argument("--user", metavar="NAME", help="the milter's user (default: User= of amzguard.service, amzguard)")
     return parser
 
 
@@ -79,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return optout_cli.run(args, config)
     if args.command == "explain":
         return _explain(config, args)
+    if args.command == "check-postfix":
+        return _check_postfix(config, args)
     configure_logging(config.log_level, replace=True, **_log_target(config))
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
@@ -128,6 +137,21 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     for line in explain(config, args.addresses, args.sender, path, headers):
         print(line)
     return 0
+
+
+def _check_postfix(config: Config, args: argparse.Namespace) -> int:
+    from .postfix_check import check_postfix
+    from .postfix_probe import ProbeError, SystemHost, read_postfix_settings, unit_user, wiring_from_config
+
+    try:
+        settings = read_postfix_settings(args.postfix_config)
+    except ProbeError as exc:
+        print(f"amzguard: fatal: cannot read Postfix's settings: {exc}", file=sys.stderr)
+        return 2
+    findings = check_postfix(settings, wiring_from_config(config, args.user or unit_user()), SystemHost(args.postfix_config))
+    for finding in findings:
+        print(finding.line())
+    return 1 if findings else 0
 
 
 if __name__ == "__main__":

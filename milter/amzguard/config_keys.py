@@ -197,7 +197,8 @@ KEYS: tuple[Key, ...] = (
            "A message to buyers and to other recipients: bounce the buyers only, or reject the whole message.",
            "bounce: the others get it; each refused buyer is swapped for LOCAL=DOMAIN@REASON.BOUNCE_DOMAIN, "
            "which Postfix's error: transport bounces to the sender (install etc/postfix/amzguard-transport."
-           "regexp). reject: the whole message is refused; needs nothing in Postfix, but nobody gets it."),
+           "regexp). SMTP path only: on the sendmail(1) path a delete cannot be certain, so such a message is "
+           "refused whole there. reject: the whole message is refused; needs nothing in Postfix, but nobody gets it."),
     text("refusal.bounce_domain", "amzguard.invalid", "Domain of the stand-in addresses of bounced buyers.",
          "a domain name that only your transport map routes (keep it under .invalid)", is_domain,
          "Only your transport map may route it; keep it under .invalid.", "domain name"),
@@ -217,7 +218,8 @@ KEYS: tuple[Key, ...] = (
     # channels.review
     boolean("channels.review.enabled", False, "The review channel: tagged review requests may reach buyers.",
             "The shop's review-request mailer adds \"X-Amzguard-Channel: review SECRET\"; such mail may reach "
-            "buyers (a marker prefix is removed), and the header is deleted from every message that passes. "
+            "buyers (a marker prefix is removed), and the header is deleted from every message amzguard accepts or "
+            "refuses in enforce mode. "
             "Needs a secret (token_file or token)."),
     text("channels.review.header", "X-Amzguard-Channel", "The tag header; its value is: review SECRET.",
          "a header field name", lambda v: isinstance(v, str) and bool(HEADER_NAME_RE.match(v)),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import platform
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import metadata
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 os.environ["PROMETHEUS_DISABLE_CREATED_SERIES"] = "True"
 
 import prometheus_client  # noqa: E402  (after the variable: 0.16 reads it at import)
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -313,9 +316,31 @@ class Metrics:
         return generate_latest(self.registry)
 
     def serve(self, host: str, port: int) -> MetricsEndpoint:
-        """Start the ``/metrics`` HTTP endpoint on a daemon thread; raises OSError if it cannot bind."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start the ``/metrics`` HTTP endpoint on a daemon thread; raises OSError if it cannot bind.
+
+        Built from prometheus_client's WSGI app rather than its ``start_http_server``: that returns the
+        server and thread only from 0.17 on, Debian 12's 0.16 returns None, and without the server we can
+        neither report the port bound for port 0 nor close the endpoint.
+        """
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("_MetricsServer", (_ThreadingWSGIServer,), {"address_family": family})
+        server = make_server(host, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="amzguard-metrics", daemon=True)
+        thread.start()
         return MetricsEndpoint(host=host, port=server.server_address[1], server=server, thread=thread)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, none left behind at exit (as prometheus_client's own server)."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access-log line on stderr per scrape: stderr is amzguard's log."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class names it so)
+        pass
 
 
 class _RegisterCollector(Collector):

@@ -540,6 +540,14 @@ class Policy:
         review = self._rule(ReviewChannel)
         return review is not None and review.tagged(facts) and find_order_id(facts.subject()) is None
 
+    def secret_to_find(self, facts: MessageFacts) -> bytes | None:
+        """The review secret, for a null-sender message (a bounce) whose body must not carry it out
+        (secret_scan.py says where such bounces come from); None for every other message."""
+        review = self._rule(ReviewChannel)
+        if review is None or not review.settings.enabled or not facts.sender.is_empty:
+            return None
+        return review.settings.token or None
+
     def read_order_id(self, facts: MessageFacts, body: bytes = b"") -> MessageFacts:
         """The facts with the order id of a tagged review request: from the subject, else the body."""
         review = self._rule(ReviewChannel)
@@ -604,12 +612,15 @@ class Policy:
         body or end-of-message events for it (the fast path for ordinary mail, 7 in 10 messages of a shop).
 
         Only when no recipient still in the envelope is a buyer (every decision is then not-buyer, which
-        reads no header), no rule reads mail without buyers (``fast_path_possible``), and the sender
+        reads no header), no rule reads mail without buyers (``fast_path_possible``), the message is no
+        bounce whose body is searched for the review secret (``secret_to_find``), and the sender
         cannot use a tagged channel: mail that may carry the review secret still goes to the end of
         message, where the tag is deleted (``stripped_headers``). A tag on other mail is removed by the
         shipped ``smtp_header_checks`` when it leaves by SMTP (docs/fast-path.md)."""
         if any(recipient.is_buyer for recipient in recipients) or not self.fast_path_possible():
             return False
+        if self.secret_to_find(MessageFacts(sender=sender, path=SubmissionPath.UNKNOWN)) is not None:
+            return False  # a bounce: its body is searched for the secret (secret_scan.py)
         return not any(callable(getattr(rule, "bad_token", None)) and rule.possible(sender) for rule in self.rules)
 
     def wanted_headers(self) -> frozenset[str]:

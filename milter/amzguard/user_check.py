@@ -29,7 +29,8 @@ class Need:
     """Which key or file this is, for the message: ``channels.review.token_file``."""
     path: str
     access: str
-    """``read`` (a file), ``write`` (a directory new files are created in) or ``read-write`` (a file)."""
+    """``read`` (a file), ``write`` (a directory new files are created in), ``read-write`` (a file) or
+    ``connect`` (a unix socket: connect(2) needs write permission on it)."""
     optional: bool = False
     """A directory that may be created later (by systemd's RuntimeDirectory=/StateDirectory=)."""
 
@@ -44,9 +45,12 @@ class Finding:
         return f"user {user} {self.problem}: {self.need.path} ({self.need.what})"
 
 
+CONFIG_NEED = "the configuration file"
+
+
 def needs(config: Config, config_path: Path) -> list[Need]:
     """What the service user must be able to do with this configuration."""
-    result = [Need("the configuration file", str(config_path), "read")]
+    result = [Need(CONFIG_NEED, str(config_path), "read")]
     result += [Need(secret.key, str(secret.path), "read") for secret in config.secret_files]
     store = config.store.path
     result.append(Need("store.path's directory", str(store.parent), "write", optional=True))
@@ -61,6 +65,10 @@ def needs(config: Config, config_path: Path) -> list[Need]:
     return result
 
 
+# access(2) mode and the words for a failure, by Need.access ("write": a directory to create files in).
+_MODES = {"read-write": (os.R_OK | os.W_OK, "cannot read and write"), "connect": (os.W_OK, "cannot connect to")}
+
+
 def _check(need: Need) -> Finding | None:
     path = need.path
     if need.access == "read":
@@ -71,11 +79,11 @@ def _check(need: Need) -> Finding | None:
             return Finding(need, f"cannot read ({exc.strerror})", True)
     if not os.path.exists(path):
         return Finding(need, "finds no such directory", not need.optional)
-    mode = os.R_OK | os.W_OK if need.access == "read-write" else os.W_OK | os.X_OK
+    mode, verb = _MODES.get(need.access, (os.W_OK | os.X_OK, "cannot create files in"))
     if not os.access(path, mode):
-        verb = "cannot read and write" if need.access == "read-write" else "cannot create files in"
         return Finding(need, verb, True)
     return None
+
 
 
 def check_as(user: str, wanted: list[Need]) -> list[Finding]:

@@ -20,14 +20,20 @@ import os
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.harness import _is_listening, free_port
+import pytest
+
+from tests.e2e.harness import Sink, SinkMessage, SmtpResult, _is_listening, _nobody, _reply, free_port, unique_token
+from tests.support.milter_process import MilterProcess
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "etc" / "sendmail" / "amzguard.mc"
@@ -134,9 +140,13 @@ class SendmailInstance:
     The milter line is the shipped ``etc/sendmail/amzguard.mc`` with only its socket path replaced.
     """
 
-    def __init__(self, sink_port: int) -> None:
+    def __init__(self, sink_port: int, mc_before: tuple[str, ...] = (), mc_after: tuple[str, ...] = ()) -> None:
         self.root = sendmail_root()
         self.sink_port = sink_port
+        self.mc_before = mc_before
+        """.mc lines before the snippet's include (e.g. a site's own macro lists, which the snippet extends)."""
+        self.mc_after = mc_after
+        """.mc lines after it (e.g. a site that overrides what the snippet asked for)."""
         self.workdir = Path(tempfile.mkdtemp(prefix="amzguard-sendmail-", dir="/run"))
         self.workdir.chmod(0o755)
         self.milter_socket = self.workdir / "amzguard.sock"
@@ -177,18 +187,34 @@ class SendmailInstance:
                 f"DAEMON_OPTIONS(`Port={self.port},Addr=127.0.0.1,Name=MTA')dnl",
                 "define(`SMART_HOST', `relay:[127.0.0.1]')dnl",
                 f"define(`RELAY_MAILER_ARGS', `TCP $h {self.sink_port}')dnl",
+                *self.mc_before,
                 f"include(`{work}/amzguard.mc')dnl",
+                *self.mc_after,
                 "MAILER(`smtp')dnl",
                 "",
             ]
         )
-        (work / "test.mc").write_text(mc)
+        return self._build_cf(mc, "test")
+
+    def _build_cf(self, mc: str, name: str) -> Path:
+        """Write NAME.mc and build NAME.cf from it with the unpacked sendmail-cf."""
+        (self.workdir / f"{name}.mc").write_text(mc)
         cf_dir = self.root / "usr" / "share" / "sendmail" / "cf"
-        built = _run(["m4", f"-D_CF_DIR_={cf_dir}/", str(cf_dir / "m4" / "cf.m4"), str(work / "test.mc")])
+        built = _run(["m4", f"-D_CF_DIR_={cf_dir}/", str(cf_dir / "m4" / "cf.m4"), str(self.workdir / f"{name}.mc")])
         if built.returncode != 0:
             raise RuntimeError(f"m4 failed: {built.stderr}")
-        (work / "test.cf").write_text(built.stdout)
-        return work / "test.cf"
+        cf = self.workdir / f"{name}.cf"
+        cf.write_text(built.stdout)
+        return cf
+
+    def _namespaced(self, *command: str) -> list[str]:
+        """``command`` run in the private namespace (host name, /etc/hosts, resolv.conf, /dev/log of ours)."""
+        script = (
+            "set -e; for n in null zero random urandom; do mount --bind /dev/$n \"$1/dev/$n\"; done; "
+            "mount --bind \"$1/dev\" /dev; mount --bind \"$1/hosts\" /etc/hosts; "
+            "mount --bind \"$1/resolv.conf\" /etc/resolv.conf; hostname \"$2\"; shift 2; exec \"$@\""
+        )
+        return ["unshare", "--mount", "--uts", "sh", "-c", script, "sh", str(self.workdir), HOSTNAME, *command]
 
     def start(self, timeout: float = 20) -> SendmailInstance:
         self.port = free_port()
@@ -200,13 +226,7 @@ class SendmailInstance:
             (dev / name).touch()
         self.syslog = SyslogReceiver(dev / "log")
         binary = self.root / "usr" / "libexec" / "sendmail" / "sendmail"
-        script = (
-            "set -e; for n in null zero random urandom; do mount --bind /dev/$n \"$1/dev/$n\"; done; "
-            "mount --bind \"$1/dev\" /dev; mount --bind \"$1/hosts\" /etc/hosts; "
-            "mount --bind \"$1/resolv.conf\" /etc/resolv.conf; hostname \"$2\"; "
-            "exec \"$3\" -C \"$4\" -bd -X \"$1/traffic.log\""
-        )
-        started = _run(["unshare", "--mount", "--uts", "sh", "-c", script, "sh", str(work), HOSTNAME, str(binary), str(cf)],
+        started = _run(self._namespaced(str(binary), "-C", str(cf), "-bd", "-X", str(work / "traffic.log")),
                        timeout=timeout)  # fmt: skip
         if started.returncode != 0:
             self.stop()
@@ -237,3 +257,122 @@ class SendmailInstance:
 
     def queue(self) -> list[str]:
         return sorted(p.name for p in (self.workdir / "queue").glob("qf*"))
+
+    def _submit_cf(self) -> Path:
+        """A submit.cf like Debian's MSP: everything relayed to this instance (FEATURE(msp)), run as nobody."""
+        work = self.workdir
+        cf = work / "submit.cf"
+        if cf.exists():
+            return cf
+        queue = work / "clientmqueue"
+        queue.mkdir(mode=0o770, exist_ok=True)
+        os.chown(queue, *_nobody())
+        mc = "\n".join(
+            [
+                "divert(0)dnl",
+                "VERSIONID(`amzguard end-to-end test MSP')dnl",
+                "define(`confCF_VERSION', `Submit')dnl",
+                "define(`__OSTYPE__',`')dnl",
+                f"define(`confDOMAIN_NAME', `{HOSTNAME}')dnl",
+                "define(`confTIME_ZONE', `USE_TZ')dnl",
+                "define(`confDONT_INIT_GROUPS', `True')dnl",
+                "define(`confRUN_AS_USER', `nobody:nogroup')dnl",
+                f"define(`MSP_QUEUE_DIR', `{queue}')dnl",
+                f"define(`confPID_FILE', `{work}/submit.pid')dnl",
+                f"define(`confSERVICE_SWITCH_FILE', `{work}/service.switch')dnl",
+                "define(`confTO_IDENT', `0s')dnl",
+                "FEATURE(`nocanonify')dnl",
+                "define(`SMART_HOST', `relay:[127.0.0.1]')dnl",
+                f"define(`RELAY_MAILER_ARGS', `TCP $h {self.port}')dnl",
+                "FEATURE(`msp', `[127.0.0.1]')dnl",
+                "",
+            ]
+        )
+        return self._build_cf(mc, "submit")
+
+    def submit(self, message: bytes, sender: str, timeout: float = 60) -> int:
+        """``sendmail -t`` as PHP's mail() runs it: Sendmail's MSP reads the recipients from the headers,
+        queues the message and delivers it at once (-odi) over SMTP to this instance; returns its exit
+        status (0 accepted; 69 EX_UNAVAILABLE when the MTA refused it). The MSP logs to this syslog too."""
+        binary = self.root / "usr" / "libexec" / "sendmail" / "sendmail"
+        args = self._namespaced(str(binary), "-C", str(self._submit_cf()), "-odi", "-f", sender, "-t")
+        return subprocess.run(args, input=message, capture_output=True, timeout=timeout).returncode
+
+    def client_queue(self) -> list[str]:
+        """What the MSP still holds (messages it could not hand over nor bounce)."""
+        return sorted(p.name for p in (self.workdir / "clientmqueue").glob("qf*"))
+
+
+def smtp_exact(port: int, sender: str, rcpts: list[str], message: bytes, timeout: float = 30) -> SmtpResult:
+    """One SMTP transaction whose RCPT commands carry exactly the given text after ``RCPT TO:``.
+
+    smtplib's ``rcpt()`` rewrites an address through ``email.utils.parseaddr`` (``<"q7x@x">`` would
+    become ``<q7x@x>``), which would test another spelling than the one named; ``docmd`` sends it as is.
+    ``rcpt_replies`` is keyed by that exact text.
+    """
+    result = SmtpResult()
+    client = smtplib.SMTP(timeout=timeout)
+    try:
+        result.connect_reply = _reply(*client.connect("127.0.0.1", port))
+        result.ehlo_reply = _reply(*client.ehlo("client.test"))
+        result.mail_reply = _reply(*client.docmd(f"MAIL FROM:<{sender}>"))
+        for rcpt in rcpts:
+            result.rcpt_replies[rcpt] = _reply(*client.docmd(f"RCPT TO:{rcpt}"))
+        if result.accepted:
+            try:
+                result.data_reply = _reply(*client.data(message))
+            except smtplib.SMTPDataError as exc:
+                result.data_reply = _reply(exc.smtp_code, exc.smtp_error)
+    except (OSError, smtplib.SMTPException) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            client.quit()
+        client.close()
+    return result
+
+
+@dataclass
+class SendmailStack:
+    """A private Sendmail, the milter it calls, and the sink it relays everything to."""
+
+    sendmail: SendmailInstance
+    milter: MilterProcess
+    sink: Sink
+
+    def relayed(self, subject: str) -> list[SinkMessage]:
+        return [m for m in self.sink.messages() if str(m.message.get("Subject")) == subject]
+
+    def wait_relayed(self, subject: str, count: int = 1) -> list[SinkMessage]:
+        return self.sink.wait_for(count, predicate=lambda m: str(m.message.get("Subject")) == subject)
+
+
+@contextlib.contextmanager
+def sendmail_stack(
+    make_milter: Callable[[SendmailInstance], MilterProcess],
+    mc_before: tuple[str, ...] = (),
+    mc_after: tuple[str, ...] = (),
+) -> Iterator[SendmailStack]:
+    """Start sink, milter (``make_milter`` gets the instance, to put its socket and files in its work
+    directory) and Sendmail; stop all three. Skips the test where Sendmail cannot be had."""
+    try:
+        sendmail_root()
+    except SendmailUnavailable as exc:
+        pytest.skip(f"no private Sendmail on this machine: {exc}")
+    sink = Sink(Path("/tmp") / unique_token("amzguard-sendmail-sink")).start()
+    sendmail: SendmailInstance | None = None
+    milter: MilterProcess | None = None
+    try:
+        sendmail = SendmailInstance(sink.port, mc_before=mc_before, mc_after=mc_after)
+        milter = make_milter(sendmail).start()
+        sendmail.start()
+        yield SendmailStack(sendmail=sendmail, milter=milter, sink=sink)
+    finally:
+        if milter is not None:
+            milter.stop()
+        if sendmail is not None:
+            if milter is not None and milter.log.exists():  # kept beside the sink's log for a failed run
+                shutil.copy(milter.log, sink.directory.parent / f"{sink.directory.name}-milter.log")
+            sendmail.stop()
+        sink.stop()
+        shutil.rmtree(sink.directory, ignore_errors=True)

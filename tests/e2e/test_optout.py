@@ -24,6 +24,7 @@ from amzguard.optout import OptOutStore
 from amzguard.policy import Reason
 from tests.e2e.conftest import REPO, REVIEW_SENDER, SHOP_SENDER, Stack, start_stack, stop_stack
 from tests.e2e.harness import make_message, parse_bounce, unique_token
+from tests.support.installed_copy import SYSTEM_PYTHON, install_world_readable
 from tests.support.milter_process import REVIEW_TOKEN
 
 NOTICES = REPO / "tests" / "fixtures" / "notices"
@@ -37,14 +38,20 @@ OPTED_OUT_TEXT = DEFAULT_REASON_TEXTS[Reason.OPTED_OUT]
 DUPLICATE_TEXT = DEFAULT_REASON_TEXTS[Reason.DUPLICATE_REVIEW]
 NO_ORDER_TEXT = DEFAULT_REASON_TEXTS[Reason.NO_ORDER_ID]
 
-# The interpreter of the test venv lives under /root, which the unprivileged pipe user cannot enter; the
-# system Python (3.11 with PyYAML, as Debian ships it) runs the same package from the source tree.
-SYSTEM_PYTHON = "/usr/bin/python3"
-PIPE_SERVICE = f"""\
-amzguard-optout unix -  n       n       -       1       pipe
-  user=nobody argv=/usr/bin/env PYTHONPATH={REPO}/milter {SYSTEM_PYTHON} -m amzguard
-  optout learn -c {{workdir}}/learn.yml
-"""
+def _pipe_service() -> str:
+    """The shipped master.cf service (etc/postfix/amzguard-master.cf) as the test runs it: as nobody, on a
+    world-readable copy of this checkout's amzguard (the test venv and a checkout under /root are out of
+    nobody's reach), with the pipe's own config (below)."""
+    shipped = (REPO / "etc" / "postfix" / "amzguard-master.cf").read_text().splitlines()
+    text = "".join(line + "\n" for line in shipped if not line.startswith("#"))
+    for production, here in (("user=amzguard", "user=nobody"), ("/usr/bin/amzguard", "{workdir}/pipe/bin/amzguard"),
+                             ("/etc/amzguard/amzguard.yml", "{workdir}/learn.yml")):  # fmt: skip
+        assert production in text, production
+        text = text.replace(production, here)
+    return text
+
+
+PIPE_SERVICE = _pipe_service()
 # The pipe's own config: the milter's store, and its lines to a syslog socket of the test's (the milter
 # itself logs to stderr, which the harness reads), the mail it cannot learn from kept in unknown/.
 LEARN_CONFIG = """\
@@ -66,7 +73,7 @@ def _system_python_can_run_amzguard() -> bool:
     return probe.returncode == 0
 
 
-def _store_dir_for_nobody(workdir: Path) -> None:
+def _prepare(workdir: Path) -> None:
     """The store's directory belongs to the pipe's user; the milter (root here) gives files it creates
     there to the directory's owner, so both can write (as the milter's user would in production)."""
     nobody = pwd.getpwnam("nobody")
@@ -74,15 +81,16 @@ def _store_dir_for_nobody(workdir: Path) -> None:
         (workdir / name).mkdir(mode=0o770)
         os.chown(workdir / name, nobody.pw_uid, nobody.pw_gid)
     (workdir / "learn.yml").write_text(LEARN_CONFIG.format(workdir=workdir))
+    install_world_readable(workdir / "pipe")
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     if not _system_python_can_run_amzguard():
-        pytest.skip(f"{SYSTEM_PYTHON} with PyYAML is needed to run `optout learn` as the pipe user")
+        pytest.fail(f"{SYSTEM_PYTHON} with PyYAML is needed to run `optout learn` as the pipe user (make test installs python3-yaml)")
     started = start_stack(
         "optout",
-        prepare=_store_dir_for_nobody,
+        prepare=_prepare,
         transport_maps=f"inline:{{ {LEARN_ADDRESS}=amzguard-optout: }}",
         extra_master_cf=PIPE_SERVICE,
         channels={"review": {"enabled": True, "token": REVIEW_TOKEN, "allowed_senders": [REVIEW_SENDER],

@@ -7,16 +7,13 @@ addresses are made up.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import REVIEW_SENDER, REVIEW_SENDER_CHANNELS
-from tests.e2e.harness import Sink, make_message, smtp_transaction, unique_token
-from tests.e2e.sendmail_harness import SendmailInstance, SendmailUnavailable, sendmail_root
+from tests.e2e.harness import make_message, smtp_transaction, unique_token
+from tests.e2e.sendmail_harness import SendmailInstance, SendmailStack, sendmail_stack
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
 BUYER = "q7x2k9m4p1z8w3v5@marketplace.amazon.de"
@@ -28,56 +25,30 @@ TAG = ("X-Amzguard-Channel", f"review {REVIEW_TOKEN}")
 REPLY = "Amazon forbids e-mail about orders or shipping to buyers"
 
 
-@dataclass
-class SendmailStack:
-    sendmail: SendmailInstance
-    milter: MilterProcess
-    sink: Sink
+def smtp(stack: SendmailStack, sender: str, rcpts: list[str], subject: str, headers: list[tuple[str, str]] = ()):
+    message = make_message(sender, rcpts, subject, extra_headers=list(headers))
+    return smtp_transaction(stack.sendmail.port, sender, rcpts, message)
 
-    def smtp(self, sender: str, rcpts: list[str], subject: str, headers: list[tuple[str, str]] = ()):
-        message = make_message(sender, rcpts, subject, extra_headers=list(headers))
-        return smtp_transaction(self.sendmail.port, sender, rcpts, message)
 
-    def relayed(self, subject: str):
-        return [m for m in self.sink.messages() if str(m.message.get("Subject")) == subject]
+def amzguard_for(sendmail: SendmailInstance, **sections: object) -> MilterProcess:
+    """amzguard configured for a private Sendmail: its socket and files in the instance's directory."""
+    socket = f"unix:{sendmail.milter_socket}"
+    sections = {"channels": REVIEW_SENDER_CHANNELS,
+                "refusal": {"mixed_recipients": "reject"},  # the setting the snippet recommends for Sendmail
+                **sections}  # fmt: skip
+    config = write_config(sendmail.workdir / "amzguard.yml", socket, **sections)
+    return MilterProcess(config, socket, sendmail.workdir / "amzguard.log")
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[SendmailStack]:
-    try:
-        sendmail_root()
-    except SendmailUnavailable as exc:
-        pytest.skip(f"no private Sendmail on this machine: {exc}")
-    sink = Sink(Path("/tmp") / unique_token("amzguard-sendmail-sink")).start()
-    sendmail: SendmailInstance | None = None
-    milter: MilterProcess | None = None
-    try:
-        sendmail = SendmailInstance(sink.port)
-        socket_path = sendmail.milter_socket
-        config = write_config(
-            sendmail.workdir / "amzguard.yml",
-            f"unix:{socket_path}",
-            channels=REVIEW_SENDER_CHANNELS,
-            refusal={"mixed_recipients": "reject"},  # the setting the snippet recommends for Sendmail
-        )
-        milter = MilterProcess(config, f"unix:{socket_path}", sendmail.workdir / "amzguard.log").start()
-        sendmail.start()
-        yield SendmailStack(sendmail=sendmail, milter=milter, sink=sink)
-    finally:
-        if sendmail is not None:
-            log = sendmail.workdir / "amzguard.log"
-            if milter is not None:
-                milter.stop()
-            if log.exists():
-                shutil.copy(log, sink.directory.parent / f"{sink.directory.name}-amzguard.log")
-            sendmail.stop()
-        sink.stop()
-        shutil.rmtree(sink.directory, ignore_errors=True)
+    with sendmail_stack(amzguard_for) as started:
+        yield started
 
 
 def test_buyer_refused_at_rcpt(stack: SendmailStack) -> None:
     subject = unique_token("sm-refused")
-    result = stack.smtp(SHOP, [BUYER, PARTNER], subject)
+    result = smtp(stack, SHOP, [BUYER, PARTNER], subject)
     code, text = result.rcpt_replies[BUYER]
     assert code == 550 and text.startswith(f"5.7.1 <{BUYER}>... <{BUYER}>: {REPLY}")
     assert result.rcpt_replies[PARTNER][0] == 250 and result.queued
@@ -91,7 +62,7 @@ def test_buyer_refused_at_rcpt(stack: SendmailStack) -> None:
 
 def test_other_recipient_allowed(stack: SendmailStack) -> None:
     subject = unique_token("sm-allowed")
-    result = stack.smtp(SHOP, [PARTNER], subject)
+    result = smtp(stack, SHOP, [PARTNER], subject)
     assert result.queued, result
     [relayed] = stack.sink.wait_for(1, predicate=lambda m: str(m.message.get("Subject")) == subject)
     assert relayed.rcpts == [PARTNER]
@@ -102,7 +73,7 @@ def test_other_recipient_allowed(stack: SendmailStack) -> None:
 
 def test_review_channel_unmarks_and_strips_the_tag(stack: SendmailStack) -> None:
     subject = unique_token("sm-review")
-    result = stack.smtp(REVIEW_SENDER, [MARKED], subject, headers=[TAG])
+    result = smtp(stack, REVIEW_SENDER, [MARKED], subject, headers=[TAG])
     assert result.queued, result
     [relayed] = stack.sink.wait_for(1, predicate=lambda m: str(m.message.get("Subject")) == subject)
     assert relayed.rcpts == [UNMARKED]
@@ -117,7 +88,7 @@ def test_review_channel_unmarks_and_strips_the_tag(stack: SendmailStack) -> None
 
 def test_untagged_mail_from_the_review_sender_refused_at_end_of_data(stack: SendmailStack) -> None:
     subject = unique_token("sm-untagged")
-    result = stack.smtp(REVIEW_SENDER, [MARKED, PARTNER], subject)
+    result = smtp(stack, REVIEW_SENDER, [MARKED, PARTNER], subject)
     assert result.rcpt_replies[MARKED][0] == 250  # a tag could still come: undecided at RCPT
     code, text = result.data_reply
     assert code == 550 and text.startswith(f"5.7.1 <{MARKED}>: {REPLY}")  # mixed_recipients: reject

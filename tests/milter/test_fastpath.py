@@ -79,6 +79,13 @@ def test_mail_that_may_carry_the_secret_goes_to_end_of_message(milter: MilterPro
     milter.wait_log("4FAST00003: from=<review@shop.test> rcpt=<owner@shop.test> path=smtp stage=eom")
 
 
+def test_a_bounce_goes_to_end_of_message_where_its_body_is_searched_for_the_secret(milter: MilterProcess) -> None:
+    with FakeMta(milter.socket) as mta:
+        rcpts, replies = mta.message("<>", [PARTNER], body=f"the original: X-Amzguard-Channel: review {REVIEW_TOKEN}\r\n",
+                                     queue_id="4FAST00005")  # fmt: skip
+    assert kinds(replies) == [c.SMFIR_REPLYCODE] and replies[0].fields["smtpcode"] == "550"
+
+
 def test_buyer_recipient_on_sendmail_path_goes_to_end_of_message(milter: MilterProcess) -> None:
     with FakeMta(milter.socket) as mta:
         rcpts, replies = mta.message(SHOP, [OWNER, BUYER], peer=LOCAL_PEER, queue_id="4FAST00004")

@@ -26,6 +26,8 @@ codec.codectypes["str"] = (_encode_str_with_raw_octets, codec.codectypes["str"][
 # Postfix announces local (sendmail(1)) submissions like this; smtpd sends the real peer.
 LOCAL_PEER = ("localhost", "127.0.0.1", 0)
 SMTP_PEER = ("client.example.net", "192.0.2.10", 40025)
+POSTFIX_VERSION = "Postfix 3.7.11"
+"""Postfix's ``v`` macro (``$mail_name $mail_version``), in its default ``milter_connect_macros``."""
 
 
 BASE_HEADERS = (
@@ -108,8 +110,11 @@ class FakeMta:
     def macros(self, stage: str, **values: str) -> None:
         self.conn.send_macro(stage, **values)
 
-    def connect(self, peer: tuple[str, str, int] = SMTP_PEER) -> Reply | None:
+    def connect(self, peer: tuple[str, str, int] = SMTP_PEER, version: str | None = POSTFIX_VERSION) -> Reply | None:
+        """``version``: the ``v`` macro, which Postfix sends at connect by default (None: not sent)."""
         hostname, address, port = peer
+        if version is not None:
+            self.macros(c.SMFIC_CONNECT, v=version)
         return self._step(
             c.SMFIP_NOCONNECT, c.SMFIP_NR_CONN, c.SMFIC_CONNECT,
             hostname=hostname, family="4", port=port, address=address,
@@ -163,10 +168,11 @@ class FakeMta:
         peer: tuple[str, str, int] = SMTP_PEER,
         queue_id: str | None = "4XTESTQ1D",
         base_headers: tuple[tuple[str, str], ...] = BASE_HEADERS,
+        version: str | None = POSTFIX_VERSION,
     ) -> tuple[dict[str, Reply | None], list[Reply]]:
         """A whole transaction; returns the RCPT replies and the end-of-message replies (the DATA reply
         alone when the milter accepted the message at DATA)."""
-        self.connect(peer)
+        self.connect(peer, version)
         self.mail(sender)
         rcpt_replies = {r: self.rcpt(r) for r in recipients}
         accepted = [r for r, reply in rcpt_replies.items() if reply is None or reply.command == c.SMFIR_CONTINUE]

@@ -120,3 +120,16 @@ def test_order_id_and_store_answers_as_in_the_milter(tmp_path: Path, capsys: pyt
                  "q7x2k9m4p1z8w3v5@marketplace.amazon.de")  # fmt: skip
     assert out[1].startswith("<q7x2k9m4p1z8w3v5@marketplace.amazon.de>: refuse at end of message"
                              " (reason duplicate-review")  # fmt: skip
+
+
+def test_routing_form_is_judged_as_the_milter_does_without_rcpt_addr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """explain cannot ask Postfix for {rcpt_addr}: a buyer in a routing form is refused as unresolved-route
+    even with a valid tag, and the output says why the milter on the SMTP path may judge otherwise."""
+    _, out = run(capsys, "-c", write(tmp_path), "--sender", "support@shop.test", "--header", TAG,
+                 "x%marketplace.amazon.de@localhost", "owner@shop.test")  # fmt: skip
+    assert out[1] == "<x%marketplace.amazon.de@localhost>: refuse at RCPT TO (reason unresolved-route, channel none)"
+    assert "routing form whose destination is not certain" in out[2]
+    assert any(line.startswith("note: on the SMTP path the milter judges the address Postfix itself resolved")
+               for line in out)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "amzguard.service"
-INSTALLED_BINARY = "/opt/amzguard/bin/amzguard"
+INSTALLED_BINARY = "/usr/bin/amzguard"
 MAX_EXPOSURE = 2.0
 
 needs_analyze = pytest.mark.skipif(
@@ -24,7 +24,7 @@ needs_analyze = pytest.mark.skipif(
 
 def local_unit(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's amzguard: verify checks that the binary exists,
-    and /opt/amzguard (the documented install location) does not exist on a test machine."""
+    and /usr/bin/amzguard (the package's) need not exist on a test machine."""
     binary = Path(sys.executable).with_name("amzguard")
     assert binary.exists(), binary
     text = UNIT.read_text()
@@ -36,7 +36,8 @@ def local_unit(tmp_path: Path) -> Path:
 
 @needs_analyze
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    result = subprocess.run(["systemd-analyze", "verify", str(local_unit(tmp_path))],
+    # --man=no: Documentation= names the man pages, which the package installs (tests/deb), not a checkout.
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(local_unit(tmp_path))],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
@@ -59,6 +60,7 @@ def test_unit_essentials() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "User=amzguard", "ExecReload=/bin/kill -USR1 $MAINPID", "Restart=on-failure",
                  "ReadWritePaths=-/var/spool/postfix/amzguard", "RuntimeDirectory=amzguard",
+                 "StateDirectory=amzguard", f"ExecStart={INSTALLED_BINARY} run -c /etc/amzguard/amzguard.yml",
                  # stderr lines carry their priority (log_output.py, tested in test_log_targets.py) and go
                  # on to syslog as facility mail.
                  "SyslogLevelPrefix=yes", "SyslogFacility=mail"):  # fmt: skip
@@ -89,3 +91,31 @@ def test_sysusers_and_tmpfiles_create_the_socket_directory(tmp_path: Path) -> No
     mode = socket_dir.stat().st_mode
     assert oct(mode & 0o7777) == "0o2750"  # setgid: the socket inherits group postfix
     assert socket_dir.stat().st_gid == postfix_gid
+    # The store's directory exists before the service first starts (optout commands, the learn pipe) and
+    # with the unit's StateDirectoryMode; the config directory is the service group's.
+    amzguard = re.search(r"^amzguard:x:(\d+):(\d+):", (root / "etc" / "passwd").read_text(), re.M)
+    assert amzguard
+    uid, gid = int(amzguard.group(1)), int(amzguard.group(2))
+    store_dir = (root / "var" / "lib" / "amzguard").stat()
+    assert (oct(store_dir.st_mode & 0o7777), store_dir.st_uid, store_dir.st_gid) == ("0o750", uid, gid)
+    config_dir = (root / "etc" / "amzguard").stat()
+    assert (oct(config_dir.st_mode & 0o7777), config_dir.st_uid, config_dir.st_gid) == ("0o750", 0, gid)
+
+
+def test_state_directory_mode_matches_tmpfiles() -> None:
+    """systemd resets an existing StateDirectory to StateDirectoryMode at every start: the two must agree."""
+    unit = UNIT.read_text().splitlines()
+    tmpfiles = (REPO / "systemd" / "amzguard.tmpfiles").read_text()
+    assert "StateDirectory=amzguard" in unit
+    [line] = [line for line in tmpfiles.splitlines() if line.startswith("d /var/lib/amzguard ")]
+    assert f"StateDirectoryMode={line.split()[2]}" in unit
+
+
+def test_one_command_path_in_unit_and_snippets() -> None:
+    """The package's /usr/bin/amzguard everywhere a command is named (a venv install links
+    /usr/local/bin/amzguard and edits these, docs/install.md); no venv path left."""
+    unit = UNIT.read_text()
+    master_cf = (REPO / "etc" / "postfix" / "amzguard-master.cf").read_text()
+    assert re.findall(r"^Exec\w+=(\S+)", unit, re.M) == [INSTALLED_BINARY, INSTALLED_BINARY, "/bin/kill"]
+    assert f"argv={INSTALLED_BINARY} optout learn -c /etc/amzguard/amzguard.yml" in master_cf
+    assert "/opt/amzguard" not in unit + master_cf
