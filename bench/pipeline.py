@@ -176,7 +176,7 @@ FEW_MACROS = (
 """Only the macros amzguard reads (``v`` at connect: which MTA it is; the queue id for its log lines;
 ``{rcpt_addr}`` at RCPT); Postfix still sends a macro packet for every step, only shorter."""
 OPTIONAL_SETUPS: tuple[Setup, ...] = (
-    Setup("amzguard-unix-macros", "amzguard, unix:, few macros", Filter.AMZGUARD, "amzguard", "unix",
+    Setup("amzguard-unix-macros", "amzguard, few macros", Filter.AMZGUARD, "amzguard", "unix",
           main_cf=FEW_MACROS),  # fmt: skip
 )
 """Run only when named in --setups: measurements of one change, not part of the standard table."""
