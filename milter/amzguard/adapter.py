@@ -379,7 +379,10 @@ class AmzguardMilter(Milter.Base):
 
     @guarded(MilterStage.DATA, replies=False)
     def _data(self) -> int:
-        if not self.accept_at_data or self.failed_stage:
+        # Only behind Postfix: a tag on mail accepted here is not deleted by amzguard, and what removes it
+        # from mail leaving by SMTP instead is Postfix's smtp_header_checks (docs/fast-path.md). Sendmail
+        # has no such shipped setting, and an MTA that did not say which it is may be a Sendmail.
+        if not self.accept_at_data or self.failed_stage or self.mta is not Mta.POSTFIX:
             return Milter.CONTINUE
         policy = self.snapshot.policy
         if not policy.accepts_at_data(self.sender, self.recipients):

@@ -86,6 +86,16 @@ def test_a_bounce_goes_to_end_of_message_where_its_body_is_searched_for_the_secr
     assert kinds(replies) == [c.SMFIR_REPLYCODE] and replies[0].fields["smtpcode"] == "550"
 
 
+@pytest.mark.parametrize("version", ["8.17.1.9", None], ids=["sendmail", "unknown-mta"])
+def test_only_behind_postfix(milter: MilterProcess, version: str | None) -> None:
+    """Sendmail has no shipped header checks to take a tag out of mail accepted at DATA: end of message."""
+    with FakeMta(milter.socket) as mta:
+        mta.connect(version=version)
+        mta.mail(SHOP)
+        assert mta.rcpt(OWNER).command == c.SMFIR_CONTINUE
+        assert mta.data().command == c.SMFIR_CONTINUE
+
+
 def test_buyer_recipient_on_sendmail_path_goes_to_end_of_message(milter: MilterProcess) -> None:
     with FakeMta(milter.socket) as mta:
         rcpts, replies = mta.message(SHOP, [OWNER, BUYER], peer=LOCAL_PEER, queue_id="4FAST00004")
