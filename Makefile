@@ -17,7 +17,9 @@ RUN_SOCKET  ?= unix:$(RUN_DIR)/amzguard.sock
 # out of its reach); m4 and libwrap0 let the Sendmail test build its .cf and run the sendmail binary it unpacks
 # itself (it cannot be installed beside postfix); systemd provides systemd-analyze for the unit checks; man-db
 # and groff-base render the man pages (the tests check they render without warnings); python3-prometheus-client
-# is Debian's 0.16, on which a test checks that the _created series stay off.
+# is Debian's 0.16, on which a test checks that the _created series stay off; postgresql gives the tests a
+# throwaway cluster (initdb, pg_ctl) for the PostgreSQL store, libpq5 is what psycopg loads, and
+# python3-psycopg / python3-psycopg-pool (3.1, the floors) let the system Python's `optout learn` reach it.
 RUN_PACKAGES  := libmilter-dev gcc python3-dev python3-venv
 DEMO_PACKAGES := $(RUN_PACKAGES) postfix swaks python3-yaml
 # `make deb`: debhelper with pybuild's pyproject plugin (the same setuptools build as `pip install .`), and
@@ -26,7 +28,7 @@ DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python
 # tests/deb builds the package and installs it into a copy of this system booted with systemd-nspawn
 # (systemd-container), where it needs the Debian packages the .deb depends on.
 TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd systemd-container man-db groff-base $(DEB_PACKAGES) \
-                 python3-milter python3-prometheus-client
+                 python3-milter python3-prometheus-client postgresql libpq5 python3-psycopg python3-psycopg-pool
 
 .PHONY: run test demo soak bench check-config docs deb system-run system-demo system-test system-deb venv clean
 

@@ -15,7 +15,8 @@ from bench import pipeline, policy_bench, register_bench
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, add_help=False)
     parser.add_argument("--smoke", action="store_true", help="short runs of everything (checks the benches work)")
-    parser.add_argument("--register-store", default=register_bench.AMZGUARD_STORE, help="module:factory of the opt-out store")
+    parser.add_argument("--register-store", default=register_bench.BOTH_STORES,
+                        help="module:factory of the register's store(s), comma-separated (default: SQLite and PostgreSQL)")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the policy and register benchmarks")
     args, rest = parser.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:

@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import smtplib
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from bench.noop_milter import negotiated_steps  # noqa: E402
 from bench.traffic import MIX, Filter  # noqa: E402
 from tests.e2e.harness import SMTP_SINK, PostfixInstance, Sink, free_port  # noqa: E402
 from tests.support.milter_process import MilterProcess, write_config  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTCONF = "/usr/sbin/postconf"
@@ -153,6 +155,8 @@ class Setup:
     """"noop" (pymilter), "noop-c" (C libmilter) or "amzguard"."""
     socket: str | None = None
     """"unix" or "inet"."""
+    store: str = "sqlite"
+    """amzguard's store: "sqlite" (a file beside the config) or "postgresql" (a throwaway cluster)."""
     pythonpath: str | None = None
     """For a baseline amzguard: the directory its ``amzguard`` package is imported from (``--baseline``)."""
     main_cf: tuple[tuple[str, str], ...] = ()
@@ -166,6 +170,7 @@ SETUPS: tuple[Setup, ...] = (
     Setup("amzguard-unix", "amzguard, unix:", Filter.AMZGUARD, "amzguard", "unix"),
     Setup("amzguard-inet", "amzguard, inet:", Filter.AMZGUARD, "amzguard", "inet"),
     Setup("noop-c-unix", "no-op C libmilter, unix:", Filter.NONE, "noop-c", "unix"),
+    Setup("amzguard-pg", "amzguard, PostgreSQL", Filter.AMZGUARD, "amzguard", "unix", "postgresql"),
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
 FEW_MACROS = (
@@ -215,7 +220,10 @@ def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
         log = workdir / "milter.log"
         process: MilterProcess
         if setup.milter == "amzguard":
-            config = write_config(workdir / "amzguard.yml", libmilter_spec, **traffic.amzguard_sections())
+            sections = traffic.amzguard_sections()
+            if setup.store == "postgresql":
+                sections["store"] = {"url": _database()}
+            config = write_config(workdir / "amzguard.yml", libmilter_spec, **sections)
             env = {"PYTHONPATH": setup.pythonpath} if setup.pythonpath else None
             process = MilterProcess(config, libmilter_spec, log, group="postfix", env=env)
         elif setup.milter == "noop-c":
@@ -228,6 +236,23 @@ def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
             if setup.socket == "unix":
                 raise
     raise BenchError(f"{setup.name}: milter did not start on a free port")
+
+
+_CLUSTER: list[PostgresCluster] = []
+
+
+def _database() -> str:
+    """A new database with amzguard's schema on the run's PostgreSQL cluster (started at first use, on the
+    same machine, over its unix socket: the loopback case of the issue's target)."""
+    from amzguard.store.postgres import PostgresStore
+
+    if not _CLUSTER:
+        _CLUSTER.append(PostgresCluster().start())
+    url = _CLUSTER[0].socket_url(_CLUSTER[0].new_database("bench"))
+    store = PostgresStore(url)
+    store.migrate()
+    store.shutdown()
+    return url
 
 
 def start_target(setup: Setup, base: Path) -> Target:
@@ -269,6 +294,30 @@ def running_targets(setups: Sequence[Setup], base: Path, keep: bool) -> Iterator
                 target.stop()
             if not keep:
                 shutil.rmtree(target.workdir, ignore_errors=True)
+        while _CLUSTER:
+            _CLUSTER.pop().destroy()
+
+
+# --------------------------------------------------------------------------- review requests one by one
+
+
+def review_latency(target: Target, count: int, first_order: int) -> list[float]:
+    """Milliseconds per review request, end to end as the shop's mailer sees it: MAIL, RCPT, DATA and
+    Postfix's 250 after amzguard's end-of-message (look-up, claim of the order, record), one request at a
+    time over one SMTP session, each for an order of its own (so each claims a new row)."""
+    review = next(stream for stream in MIX if stream.kind is traffic.Kind.REVIEW)
+    template = traffic.message_text(review).replace("\n", "\r\n")
+    samples = []
+    with smtplib.SMTP("127.0.0.1", target.postfix.smtp_port, timeout=60) as client:
+        client.ehlo("bench.test")
+        for n in range(first_order, first_order + count):
+            message = template.replace("302-0000000-0000000", f"303-{n // 10_000_000:07d}-{n % 10_000_000:07d}")
+            start = time.perf_counter_ns()
+            refused = client.sendmail(review.sender, [review.recipient], message.encode())
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+            if refused:
+                raise BenchError(f"{target.setup.name}: review request refused: {refused}")
+    return samples
 
 
 # --------------------------------------------------------------------------- one measured run
@@ -424,6 +473,8 @@ class Results:
     messages: int
     samples: dict[str, dict[int, list[Sample]]] = field(default_factory=dict)
     machine: dict[str, object] = field(default_factory=dict)
+    review_ms: dict[str, list[float]] = field(default_factory=dict)
+    """Per setup: milliseconds per review request sent one at a time (``review_latency``)."""
 
     def add(self, setup: str, sessions: int, sample: Sample) -> None:
         self.samples.setdefault(setup, {}).setdefault(sessions, []).append(sample)
@@ -468,6 +519,7 @@ def run_benchmark(
     progress: bool = True,
 ) -> Results:
     results = Results(sessions=list(sessions), rounds=rounds, messages=messages, machine=machine_facts())
+    review_count = max(20, messages // 10)
     files = traffic.write_message_files(base / f"amzguard-bench-messages-{os.getpid()}")
     try:
         with running_targets(setups, base, keep) as targets:
@@ -488,6 +540,11 @@ def run_benchmark(
                                 f" accepted {sample.accepted_per_s:7.1f}/s  delivered {sample.delivered_per_s:7.1f}/s",
                                 file=sys.stderr, flush=True,
                             )  # fmt: skip
+            reviewers = [target for target in targets if target.setup.milter == "amzguard" and target.setup.socket == "unix"]
+            for round_index in range(rounds):  # interleaved, like the rates
+                for target in reviewers[round_index % max(1, len(reviewers)) :] + reviewers[: round_index % max(1, len(reviewers))]:
+                    first = 1 + round_index * review_count
+                    results.review_ms.setdefault(target.setup.name, []).extend(review_latency(target, review_count, first))
     finally:
         shutil.rmtree(files[MIX[0].name].parent, ignore_errors=True)
     results.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -556,6 +613,13 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
                     f"  {setup.label:<24} {value:8.3f} {f'{low:.3f}-{high:.3f}':>15}  {_ratio(value, noop_cpu):>18}"
                     f" {_ratio(value, c_cpu):>8}"
                 )
+    if results.review_ms:
+        lines.append("")
+        lines.append("review requests one at a time, ms end to end (MAIL .. 250 after end of message), each a new order")
+        lines.append(f"  {'setup':<28} {'count':>6} {'p50':>7} {'p99':>7}")
+        for name, values in results.review_ms.items():
+            label = next(setup.label for setup in setups if setup.name == name)
+            lines.append(f"  {label:<28} {len(values):>6} {_percentile(values, 0.5):7.2f} {_percentile(values, 0.99):7.2f}")
     lines.append("")
     lines.extend(target_lines(results, names))
     return "\n".join(lines)
@@ -597,6 +661,13 @@ def target_lines(results: Results, names: Sequence[str]) -> list[str]:
                 f"  s={sessions:<3} {setup:<14} {what:<9} / {reference:<12} {ratio:5.2f} {relation} {bound:.2f}"
                 f"  {'ok' if met else 'MISSED'}"
             )
+    lite, pg = results.review_ms.get("amzguard-unix"), results.review_ms.get("amzguard-pg")
+    if lite and pg:
+        for fraction, word in ((0.5, "p50"), (0.99, "p99")):
+            extra = _percentile(pg, fraction) - _percentile(lite, fraction)
+            ratio = _percentile(pg, fraction) / _percentile(lite, fraction)
+            lines.append(f"  review request {word}: PostgreSQL - SQLite {extra:+.2f} ms (ratio {ratio:.2f}), target <= +2 ms "
+                         f"{'ok' if extra <= 2.0 else 'MISSED'}")  # fmt: skip
     comparisons = (("amzguard-unix", BASELINE.name, "amzguard, unix: / the baseline amzguard, unix:"),
                    ("amzguard-unix-macros", "amzguard-unix", "few macros / all of Postfix's default macros"))  # fmt: skip
     for changed, before, title in comparisons:
@@ -608,6 +679,11 @@ def target_lines(results: Results, names: Sequence[str]) -> list[str]:
                      for metric, what in (("milter_cpu_ms", "CPU/msg"), *METRICS)]  # fmt: skip
             lines.append(f"  s={sessions:<3} " + ", ".join(parts))
     return lines
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def results_json(results: Results) -> dict[str, object]:
@@ -633,6 +709,7 @@ def results_json(results: Results) -> dict[str, object]:
             }
             for name, per_sessions in results.samples.items()
         },
+        "review_ms": results.review_ms,
     }
 
 

@@ -1,4 +1,4 @@
-"""PLACEHOLDER: opt-out register lookups at 10k / 100k / 1M entries, with peak memory.
+"""Opt-out register lookups at 10k / 100k / 1M entries, with peak memory, on SQLite and PostgreSQL.
 
 The opt-out register (issue 4) is not in this tree yet. This harness is ready for it: plug the store
 in with ``--store module:factory`` here, or ``make bench BENCH_ARGS='--register-store module:factory'``.
@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 SIZES = (10_000, 100_000, 1_000_000)
 STAND_IN = "bench.register_bench:SetStore"
 AMZGUARD_STORE = "bench.register_bench:SqliteRegister"
+POSTGRES_STORE = "bench.register_bench:PostgresRegister"
+BOTH_STORES = f"{AMZGUARD_STORE},{POSTGRES_STORE}"
 _TLDS = ("de", "com", "co.uk", "fr", "it", "es")
 
 
@@ -70,10 +72,14 @@ class SqliteRegister:
     def __init__(self, directory: Path) -> None:
         from amzguard.address import BuyerPatterns
         from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
-        from amzguard.optout import OptOutStore as Store
 
         self._patterns = BuyerPatterns(DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS)
-        self._store = Store(directory / "amzguard.sqlite")
+        self._store = self._open(directory)
+
+    def _open(self, directory: Path):  # type: ignore[no-untyped-def]
+        from amzguard.store import SqliteStore
+
+        return SqliteStore(directory / "amzguard.sqlite")
 
     def _keys(self, address: str) -> tuple[str, ...]:
         from amzguard.address import classify_recipient, recipient_keys
@@ -81,7 +87,7 @@ class SqliteRegister:
         return recipient_keys(classify_recipient(address, self._patterns), self._patterns.marked_prefixes)
 
     def add_many(self, addresses: Iterable[str]) -> None:
-        from amzguard.optout import OptOut
+        from amzguard.store import OptOut
 
         batch: list[OptOut] = []
         for address in addresses:
@@ -94,6 +100,26 @@ class SqliteRegister:
 
     def is_opted_out(self, address: str) -> bool:
         return bool(self._store.opted_out(self._keys(address)))
+
+
+class PostgresRegister(SqliteRegister):
+    """The same register on PostgreSQL: a throwaway cluster of this child process (tests/support/postgres.py,
+    initdb on ``directory``'s file system, fsync off), reached over its unix socket with the milter's pool.
+    Disk is not counted (the cluster lives outside ``directory``); the cluster is removed at exit."""
+
+    def _open(self, directory: Path):  # type: ignore[no-untyped-def]
+        import atexit
+
+        from amzguard.store.postgres import PostgresStore
+        from tests.support.postgres import PostgresCluster
+
+        cluster = PostgresCluster().start()
+        atexit.register(cluster.destroy)
+        url = cluster.socket_url(cluster.new_database("bench"))
+        store = PostgresStore(url)
+        store.migrate()
+        atexit.register(store.shutdown)  # runs before cluster.destroy (atexit is last in, first out)
+        return store
 
 
 def buyer_address(n: int) -> str:
@@ -166,6 +192,19 @@ def measure_size(spec: str, size: int, lookups: int) -> dict[str, float]:
     }
 
 
+def compare_report(results: dict[str, list[dict[str, float]]]) -> str:
+    """PostgreSQL beside SQLite, size by size: the p50 and p99 per lookup, and the ratio."""
+    if AMZGUARD_STORE not in results or POSTGRES_STORE not in results:
+        return ""
+    lines = ["register lookups, PostgreSQL (unix socket) beside SQLite, same run:",
+             f"  {'entries':>9} {'p50 us sqlite':>14} {'p50 us pg':>10} {'p99 us sqlite':>14} {'p99 us pg':>10}"
+             f" {'p50 ratio':>10}"]  # fmt: skip
+    for lite, pg in zip(results[AMZGUARD_STORE], results[POSTGRES_STORE]):
+        lines.append(f"  {int(lite['size']):>9} {lite['p50_us']:>14.1f} {pg['p50_us']:>10.1f} {lite['p99_us']:>14.1f}"
+                     f" {pg['p99_us']:>10.1f} {pg['p50_us'] / lite['p50_us']:>10.1f}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def run(spec: str, sizes: Sequence[int], lookups: int) -> list[dict[str, float]]:
     results = []
     for size in sizes:
@@ -205,7 +244,8 @@ def format_report(spec: str, results: list[dict[str, float]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.register_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=AMZGUARD_STORE, help=f"module:factory of the store (default: {AMZGUARD_STORE})")
+    parser.add_argument("--store", default=BOTH_STORES,
+                        help=f"module:factory of the store, comma-separated (default: {BOTH_STORES})")  # fmt: skip
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES), help="comma-separated entry counts")
     parser.add_argument("--lookups", type=int, default=100_000, help="lookups per size (default 100000)")
     parser.add_argument("--smoke", action="store_true", help="small sizes (checks the bench works)")
@@ -213,11 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.worker:
-        print(json.dumps(measure_size(args.store, sizes[0], args.lookups)))
+        print(json.dumps(measure_size(args.store.split(",")[0], sizes[0], args.lookups)))
         return 0
     if args.smoke:
         sizes, args.lookups = [1000, 10_000], 2000
-    print(format_report(args.store, run(args.store, sizes, args.lookups)))
+    results = {}
+    for spec in args.store.split(","):
+        results[spec] = run(spec, sizes, args.lookups)
+        print(format_report(spec, results[spec]))
+    comparison = compare_report(results)
+    if comparison:
+        print(comparison)
     return 0
 
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import Milter
@@ -23,9 +23,9 @@ from .address import Address, Recipient, classify_recipient, parse_address
 from .config import Config
 from .decision_log import decision_line
 from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOperation
-from .optout import OptOutStore, StoreError
 from .secret_scan import SecretScan
 from .sendmail_route import Mta, classify_sendmail_recipient, mta_of, uncertain_deletes
+from .store import SchemaError, Store, StoreError, open_store
 from .policy import (
     AddRecipient,
     Decision,
@@ -61,20 +61,20 @@ class Snapshot:
 
     config: Config
     policy: Policy
-    store: OptOutStore
+    store: Store
     wanted_headers: frozenset[str]
     """Lower-case names of the header fields the policy reads; computed once, checked per header."""
 
     @classmethod
     def of(cls, config: Config, previous: Snapshot | None = None) -> Snapshot:
         # The store object (its connections, its review lock) survives a reload that leaves the store
-        # itself as it was: only the file and the retention identify it (store.on_error is how the milter
-        # reacts to its failures; a second store object would bring a second review lock, which
+        # itself as it was: the file or database and how it is reached identify it (store.on_error is how
+        # the milter reacts to its failures; a second store object would bring a second review lock, which
         # connections still on the old snapshot would not respect).
         if previous is not None and _store_identity(previous.config) == _store_identity(config):
             store = previous.store
         else:
-            store = OptOutStore(config.store.path, config.store.retention_days)
+            store = open_store(config.store)
         policy = Policy.from_settings(config.policy)
         return cls(config=config, policy=policy, store=store, wanted_headers=policy.wanted_headers())
 
@@ -93,9 +93,10 @@ class Runtime:
 
     def __init__(self, config: Config, metrics: Metrics | None = None, data_without_reply: bool = True) -> None:
         self.snapshot = Snapshot.of(config)
-        check_store(self.snapshot)
+        check_store(self.snapshot, at_start=True)
         self.metrics = metrics or Metrics()
         self.metrics.config_loaded(config.policy.mode)
+        self.metrics.store_backend(self.snapshot.store.backend)
         self._messages_in_progress = 0
         self._progress_changed = threading.Condition()
         self.data_without_reply = data_without_reply
@@ -106,8 +107,14 @@ class Runtime:
         ACK), and Nagle holds cleanup's first packet ~40 ms, once per message. A unix socket has no Nagle."""
 
     def swap(self, config: Config) -> None:
-        self.snapshot = Snapshot.of(config, previous=self.snapshot)
+        previous = self.snapshot
+        self.snapshot = Snapshot.of(config, previous=previous)
+        self.metrics.store_backend(self.snapshot.store.backend)
         check_store(self.snapshot)
+        if self.snapshot.store is not previous.store:
+            # A store the new config no longer names: its PostgreSQL pool (threads, connections) would live
+            # on unused. A message still judged on the old snapshot then gets store.on_error (tempfail).
+            previous.store.shutdown()
 
     def message_started(self) -> None:
         with self._progress_changed:
@@ -135,16 +142,27 @@ class Runtime:
 
 
 def _store_identity(config: Config) -> tuple[object, ...]:
-    return (config.store.path, config.store.retention_days)
+    store = config.store
+    if store.url:
+        return (store.url, store.password, store.connect_timeout, store.statement_timeout, store.pool_size,
+                store.retention_days)  # fmt: skip
+    return (store.path, store.retention_days)
 
 
-def check_store(snapshot: Snapshot) -> None:
+def check_store(snapshot: Snapshot, at_start: bool = False) -> None:
     """Say at start (and reload) whether the store the config needs can be used, instead of at the first
-    review request; the milter runs either way (a store that appears later is picked up)."""
+    review request; the milter runs either way (a store that appears later is picked up), except on a
+    schema newer than this amzguard knows: a downgraded milter must not write a store it does not
+    understand, so it refuses to start (``SchemaError`` reaches ``serve``)."""
     if not snapshot.uses_store():
         return
     try:
         snapshot.store.check()
+    except SchemaError as exc:
+        if at_start and exc.newer:
+            raise
+        log.error("opt-out store unusable: %s; messages that need it get store.on_error=%s",
+                  exc, snapshot.config.store.on_error)  # fmt: skip
     except StoreError as exc:
         log.error("opt-out store unavailable: %s; messages that need it get store.on_error=%s",
                   exc, snapshot.config.store.on_error)  # fmt: skip
@@ -467,47 +485,60 @@ class AmzguardMilter(Milter.Base):
                 # so a slow MTA socket never holds up the other connections' review requests.
                 with store.review_lock:
                     try:
-                        facts = store.answer(questions, facts)
+                        with self.metrics.store_call(StoreOperation.LOOKUP, store.backend):
+                            facts = store.answer(questions, facts)
                     except StoreError as exc:
                         if self._store_failed(exc, StoreOperation.LOOKUP):
                             return self._store_tempfail()
                     verdict = self._judge(facts)
             if verdict is None:
                 return self._store_tempfail()
-            plan, decisions, recorded = verdict
+            plan, decisions, facts = verdict
             if facts.order_id:
                 log.info("%s: review request for order %s", self.queue_id(), facts.order_id)
             for decision in decisions:
                 self._log_decision(decision, "eom")
-            if recorded:
-                self._purge_store()
             return self._apply(plan)
 
-    def _judge(self, facts: MessageFacts) -> tuple[MessagePlan, tuple[Decision, ...], bool] | None:
-        """Decide and record (no MTA I/O); None when the message must be tempfailed for the store."""
+    def _judge(self, facts: MessageFacts) -> tuple[MessagePlan, tuple[Decision, ...], MessageFacts] | None:
+        """Decide and record (no MTA I/O); None when the message must be tempfailed for the store.
+
+        The record is where the store decides which review request for an order is first (one atomic
+        statement, across every host sharing the database): when another message claimed the order after
+        our look-up, nothing was recorded, and the message is judged again knowing the order is taken (a
+        duplicate, refused as such). The second judgement records no review request, so it cannot lose
+        again; the third round is never reached."""
         policy = self.snapshot.policy
-        decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
-        plan = policy.plan(facts, decisions, self.header_counts)
-        records = policy.store_records(facts, decisions) if plan.reject is None else ()
-        if records:
+        store = self.snapshot.store
+        kept: frozenset[str] = frozenset()
+        """Orders whose first review request is remembered already; with one_per_order off that is no
+        reason to refuse, and which buyer got the first one is what opt-out notices need."""
+        for _ in range(3):
+            decisions = tuple(policy.decide(facts, recipient) for recipient in self.recipients)
+            plan = policy.plan(facts, decisions, self.header_counts)
+            records = policy.store_records(facts, decisions) if plan.reject is None else ()
+            records = tuple(r for r in records if not (isinstance(r, ReviewSent) and r.order_id in kept))
+            if not records:
+                return plan, decisions, facts
             try:
-                self.snapshot.store.record(records)
+                with self.metrics.store_call(StoreOperation.RECORD, store.backend):
+                    taken = store.record(records)
             except StoreError as exc:
                 # Forgetting a review request would let a second one through: that message waits. A buyer
                 # message not remembered only weakens a later thread check: that message goes on.
                 must_record = any(isinstance(record, ReviewSent) for record in records)
                 if self._store_failed(exc, StoreOperation.RECORD, must_record):
                     return None
-                return plan, decisions, False
-        return plan, decisions, bool(records)
-
-    def _purge_store(self) -> None:
-        """The hourly purge, after the record committed and apart from it: its failure is logged and
-        counted, and changes nothing for the message (a tempfail would make the retry a duplicate)."""
-        try:
-            self.snapshot.store.purge_if_due()
-        except StoreError as exc:
-            self._store_failed(exc, StoreOperation.PURGE, needed=False)
+                return plan, decisions, facts
+            if not taken:
+                return plan, decisions, facts
+            if not policy.settings.review.one_per_order:
+                kept |= taken
+                continue
+            log.info("%s: order %s got its review request through another message first (another host)",
+                     self.queue_id(), ", ".join(sorted(taken)))  # fmt: skip
+            facts = replace(facts, reviewed_orders=facts.reviewed_orders | taken)
+        return None
 
     def _refuse_secret_bounce(self) -> bool:
         """A bounce that carries the review secret (secret_scan.py) is refused whole, unjudged; True when
@@ -523,13 +554,11 @@ class AmzguardMilter(Milter.Base):
 
     def _store_failed(self, exc: StoreError, operation: StoreOperation, needed: bool = True) -> bool:
         """Log and count a store failure; True when the message must be tempfailed (``store.on_error``)."""
-        self.metrics.store_error(operation)
+        self.metrics.store_error(operation, self.snapshot.store.backend)
         # Monitor mode changes nothing in the mail flow, not even for a broken store.
         settings = self.snapshot.policy.settings
         tempfail = needed and self.snapshot.config.store.on_error == "tempfail" and settings.mode is Mode.ENFORCE
         consequence = "message tempfailed" if tempfail else "message judged without it"
-        if operation is StoreOperation.PURGE:
-            consequence = "message not affected"
         log.error("%s: opt-out store unavailable (%s): %s; %s (store.on_error=%s)", self.queue_id(),
                   operation.value, exc, consequence, self.snapshot.config.store.on_error)  # fmt: skip
         return tempfail
@@ -548,7 +577,7 @@ class AmzguardMilter(Milter.Base):
     def close(self) -> int:
         try:
             self._end_transaction()
-            # The store keeps one SQLite connection per MTA connection (per pymilter thread state);
+            # SQLite keeps one connection per MTA connection (per pymilter thread state);
             # Python does not reliably free thread-local data of C-created thread states, so close it
             # here, or every SMTP session would leave its file descriptors open (the soak test shows it).
             self.snapshot.store.close()

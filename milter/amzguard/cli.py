@@ -1,10 +1,10 @@
-"""Command line: ``amzguard run``, ``check-config``, ``check-postfix``, ``explain`` and ``optout …`` (see
-optout_cli.py).
+"""Command line: ``amzguard run``, ``check-config``, ``check-postfix``, ``explain``, ``optout …`` (see
+optout_cli.py) and ``store …`` (store_cli.py).
 
 ``-c FILE`` may stand before the command (``amzguard -c FILE optout list``) or after it; after it wins.
 Exit status: 0 done; 1 ``check-config --user`` found something that user cannot read or write,
 ``check-postfix`` found something, or ``run`` could not serve; 2 a configuration or usage error; the
-``optout`` commands have their own (optout_cli.py).
+``optout`` and ``store`` commands have their own (optout_cli.py, store_cli.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, optout_cli
+from . import __version__, optout_cli, store_cli
 from .config import Config, ConfigError, config_path_from_env, load_config
 from .log_output import configure_logging
 
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
     )
     optout_cli.add_parser(commands, with_config)
+    store_cli.add_parser(commands, with_config)
     doctor = with_config(
         commands.add_parser("check-postfix", help="check Postfix's wiring to amzguard on this host (exit 1: findings)")
     )
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return optout_cli.run(args, config)
     if args.command == "explain":
         return _explain(config, args)
+    if args.command == "store":
+        return store_cli.run(args, config)
     if args.command == "check-postfix":
         return _check_postfix(config, args)
     configure_logging(config.log_level, replace=True, **_log_target(config))

@@ -75,13 +75,24 @@ class MilterSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """The SQLite store: opt-out register, review requests sent, buyer messages seen."""
+    """The store (SQLite file or PostgreSQL database): opt-out register, review requests sent, buyer messages seen."""
 
     path: Path
     on_error: str
     """``tempfail`` or ``continue``: what a message that needs the store gets when it cannot be read."""
     retention_days: int
     """How long review requests and buyer messages are remembered (opt-outs are kept until removed)."""
+    url: str | None = None
+    """PostgreSQL connection string (libpq URI or keywords); None: SQLite at ``path``."""
+    password: str | None = None
+    """From ``store.password_file``."""
+    connect_timeout: int = 3
+    statement_timeout: int = 2
+    pool_size: int = 4
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url else "sqlite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,12 +319,28 @@ def _parse_critical(channels: _Section) -> CriticalChannelSettings:
     return settings
 
 
-def _parse_store(top: _Section, base: Path | None) -> StoreSettings:
+def _parse_store(top: _Section, base: Path | None, secrets: list[SecretFile]) -> StoreSettings:
     store = top.section("store")
+    password = None
+    if store.value("password_file") is not None:
+        path = _relative(store.value("password_file"), base)
+        try:
+            password = path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+        except OSError as exc:
+            raise store.error("password_file", f"a readable file ({exc.strerror}: {path})") from None
+        except UnicodeDecodeError:
+            raise store.error("password_file", f"a UTF-8 text file ({path})") from None
+        _warn_if_world_readable(path, "store.password_file", "the database password")
+        secrets.append(SecretFile("store.password_file", path))
     settings = StoreSettings(
         path=_relative(store.value("path"), base),
         on_error=store.value("on_error"),
         retention_days=store.value("retention_days"),
+        url=store.value("url"),
+        password=password,
+        connect_timeout=store.value("connect_timeout"),
+        statement_timeout=store.value("statement_timeout"),
+        pool_size=store.value("pool_size"),
     )
     store.done()
     return settings
@@ -402,7 +429,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
     reply = _parse_reply(channels)
     critical = _parse_critical(channels)
     channels.done()
-    store = _parse_store(top, path)
+    store = _parse_store(top, path, secrets)
 
     mode = Mode(top.value("mode"))
     logging_settings, log_addresses = _parse_logging(top, path, buyers.marked_prefixes, secrets)

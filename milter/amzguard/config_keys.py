@@ -276,6 +276,26 @@ KEYS: tuple[Key, ...] = (
            "order had a review request; logged."),
     integer("store.retention_days", 730, 1, 3650, "days", "Days to remember review requests and buyer "
             "messages (opt-outs stay until removed)."),  # fmt: skip
+    text("store.url", None, "PostgreSQL instead of SQLite: a libpq URI (postgresql://…) or keyword string "
+         "(host=… dbname=…) of the database every MTA of a fleet shares.",
+         "a libpq URI (postgresql://…) or keyword string (host=… dbname=…)",
+         lambda v: is_str(v) and (str(v).startswith(("postgresql://", "postgres://")) or "=" in str(v)),
+         "Unset: the SQLite file store.path. sslmode, sslrootcert, target_session_attrs and every other libpq "
+         "parameter pass through; libpq's passfile (~/.pgpass, PGPASSFILE) and service file (service=NAME) "
+         "work as usual. A multi-host URL (postgresql://db1,db2/amzguard) gets target_session_attrs=read-write "
+         "unless it sets it. The schema is made by amzguard store init (see docs/fleet.md). Needs psycopg 3 "
+         "and psycopg_pool (Debian: python3-psycopg python3-psycopg-pool).", "libpq connection string"),
+    text("store.password_file", None, "File holding the PostgreSQL password (first line), instead of one in "
+         "store.url or libpq's passfile.", "a file path", is_str, type_="file path"),
+    integer("store.connect_timeout", 3, 2, 10, "seconds", "Seconds to wait for a PostgreSQL connection "
+            "(libpq connect_timeout and the pool's wait).",
+            "Kept well below Postfix's milter_command_timeout (30 s): a message waits at most two connect and "
+            "two statement timeouts for the store, then gets store.on_error."),  # fmt: skip
+    integer("store.statement_timeout", 2, 1, 10, "seconds", "Seconds one PostgreSQL statement may run "
+            "(the server's statement_timeout)."),  # fmt: skip
+    integer("store.pool_size", 4, 1, 64, "connections", "Most PostgreSQL connections one milter process "
+            "keeps.", "The milter asks the store only under its review lock, so a few connections serve any "
+            "number of libmilter threads; the metrics scrape and the purge take one each."),  # fmt: skip
     # logging
     choice("logging.level", "info", ("debug", "info", "warning", "error"),
            "Lowest level logged; info logs one line per recipient decision."),

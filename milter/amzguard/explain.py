@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .address import Recipient, classify_recipient, parse_address
 from .config import Config
 from .decision_log import bracketed
-from .optout import OptOutStore, StoreError
+from .store import Store, StoreError, open_store
 from .policy import (
     AddRecipient,
     Decision,
@@ -68,7 +68,7 @@ def judge(
     path: SubmissionPath,
     headers: Sequence[tuple[str, str]],
     addresses: Sequence[str],
-    store: OptOutStore | None = None,
+    store: Store | None = None,
 ) -> Judgement:
     """The adapter's sequence of policy calls, on given facts (no body: the order id comes from the
     subject). ``store``: an existing store to read, or None."""
@@ -185,9 +185,13 @@ def explain(
     """The lines ``amzguard explain`` prints."""
     policy = Policy.from_settings(config.policy)
     mode = config.policy.mode
-    path_of_store = config.store.path
-    store = OptOutStore(path_of_store, config.store.retention_days) if path_of_store.exists() else None
-    judgement = judge(policy, sender, path, headers, addresses, store)
+    # A SQLite file is read only if it exists (explaining must not create one); a database is asked.
+    store = open_store(config.store) if config.store.url or config.store.path.exists() else None
+    try:
+        judgement = judge(policy, sender, path, headers, addresses, store)
+    finally:
+        if store is not None:
+            store.shutdown()
     verdicts, plan, facts = judgement.verdicts, judgement.plan, judgement.facts
     would = "would " if mode is Mode.MONITOR else ""
     lines = [f"sender {bracketed(facts.sender)}, path {path.value}, mode {mode.value}"]

@@ -32,7 +32,7 @@ from typing import TextIO
 
 from .address import DOMAIN_NAME_RE, BuyerPatterns, buyer_key, parse_address
 from .config import Config
-from .optout import OptOut, OptOutStore, StoreError
+from .store import OptOut, Store, StoreError, open_store
 from .optout_learn import LearnResult, Outcome, learn, split_messages
 from .orderid import ORDER_ID_RE
 
@@ -144,18 +144,22 @@ def _print_skipped(skipped: list[str]) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    store = OptOutStore(config.store.path, config.store.retention_days)
     patterns = config.policy.buyers
+    store: Store | None = None
     try:
+        store = open_store(config.store)
         if args.optout_command == "learn":
             return _learn(args, store, patterns, config.learn.keep_unknown)
         return _COMMANDS[args.optout_command](args, store, patterns)
     except StoreError as exc:
         _error(f"opt-out store unavailable: {exc}")
         return EX_TEMPFAIL
+    finally:
+        if store is not None:
+            store.shutdown()
 
 
-def _add(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+def _add(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int:
     read = _read_addresses(((f"argument {a!r}", a, args.order) for a in args.addresses), patterns, "cli")
     _print_skipped(read.skipped)
     counts = store.add(read.entries)
@@ -163,7 +167,7 @@ def _add(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) 
     return EX_SKIPPED if read.skipped else EX_OK
 
 
-def _remove(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+def _remove(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int:
     read = _read_addresses(((f"argument {a!r}", a, None) for a in args.addresses), patterns, "cli")
     _print_skipped(read.skipped)
     counts = store.remove(entry.buyer for entry in read.entries)
@@ -171,7 +175,7 @@ def _remove(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPattern
     return EX_SKIPPED if read.skipped else EX_OK
 
 
-def _list(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+def _list(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int:
     entries = store.entries()
     for entry in entries:
         print(entry.buyer)
@@ -179,7 +183,7 @@ def _list(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns)
     return EX_OK
 
 
-def _import(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+def _import(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int:
     try:
         if args.file == "-":
             rows = list(_rows(sys.stdin, args.format))
@@ -200,7 +204,7 @@ def _import(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPattern
     return EX_SKIPPED if read.skipped else EX_OK
 
 
-def _export(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns) -> int:
+def _export(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int:
     entries = store.entries()
     if args.format == "lines":
         for entry in entries:
@@ -259,7 +263,7 @@ def _report(result: LearnResult, kept: Path | None) -> None:
         log.warning("not an opt-out notice: %s%s", result.label, where)
 
 
-def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns, keep: Path | None = None) -> int:
+def _learn(args: argparse.Namespace, store: Store, patterns: BuyerPatterns, keep: Path | None = None) -> int:
     messages = []
     for name in args.files or ["-"]:
         try:
@@ -288,7 +292,7 @@ def _learn(args: argparse.Namespace, store: OptOutStore, patterns: BuyerPatterns
     return EX_OK
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace, OptOutStore, BuyerPatterns], int]] = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Store, BuyerPatterns], int]] = {
     "add": _add,
     "remove": _remove,
     "list": _list,

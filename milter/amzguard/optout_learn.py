@@ -30,7 +30,7 @@ from email.utils import getaddresses
 from enum import StrEnum
 
 from .address import BuyerPatterns, buyer_key, classify_recipient
-from .optout import OptOut, OptOutStore
+from .store import OptOut, Store
 from .orderid import decoded_header, find_order_id, part_text
 
 # Key phrases per language, matched on the notice's text case folded with white space runs made single
@@ -188,7 +188,7 @@ def _label(message: Message) -> str:
 # -- resolving and recording ------------------------------------------------------------------------
 
 
-def learn(messages: Iterable[Message], store: OptOutStore, patterns: BuyerPatterns) -> Iterator[LearnResult]:
+def learn(messages: Iterable[Message], store: Store, patterns: BuyerPatterns) -> Iterator[LearnResult]:
     """Record the opt-out of each recognised notice; yield one result per message.
 
     Raises ``StoreError`` when the store cannot be used (the caller tempfails: nothing is lost).
@@ -208,7 +208,7 @@ def learn(messages: Iterable[Message], store: OptOutStore, patterns: BuyerPatter
         yield LearnResult(outcome, label, buyer, notice.order_id, notice.language, detail)
 
 
-def _resolve(notice: Notice, store: OptOutStore) -> tuple[str | None, str]:
+def _resolve(notice: Notice, store: Store) -> tuple[str | None, str]:
     """The one buyer a notice is about, and how it was found (or why not)."""
     by_order = store.buyer_for_order(notice.order_id) if notice.order_id else None
     if len(notice.buyers) == 1:

@@ -24,7 +24,8 @@ import milter as libmilter  # pymilter's C extension
 from .adapter import MILTER_ACTIONS, AmzguardMilter, Runtime
 from .config import Config
 from .metrics import Metrics
-from .service import ServiceSignals, drain, notify, reload_config, start_metrics, summary
+from .service import Purger, ServiceSignals, drain, notify, reload_config, start_metrics, summary
+from .store import StoreError
 
 log = logging.getLogger("amzguard")
 
@@ -125,14 +126,21 @@ def serve(
 ) -> None:
     """Run until SIGTERM, SIGINT or SIGHUP (finishing the messages in progress); SIGUSR1 reloads ``config_path``."""
     spec = socket_spec or config.milter.socket
-    runtime = Runtime(config, Metrics(), data_without_reply=unix_socket_path(spec) is not None)
+    try:
+        runtime = Runtime(config, Metrics(), data_without_reply=unix_socket_path(spec) is not None)
+    except StoreError as exc:  # a schema newer than this amzguard knows; a store.url psycopg cannot use
+        raise ServeError(f"refusing to start: {exc}") from None
     runtime.metrics.watch_register(lambda: runtime.snapshot.store if runtime.snapshot.uses_store() else None)
     _prepare_socket_directory(spec)
     signals = ServiceSignals()
+    purger = Purger(runtime)
+    purger.start()
     try:
         _serve(runtime, signals, spec, name, config_path)
     finally:
+        purger.stop()
         signals.close()
+        runtime.snapshot.store.shutdown()
 
 
 def _serve(runtime: Runtime, signals: ServiceSignals, spec: str, name: str, config_path: Path | None) -> None:

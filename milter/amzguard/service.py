@@ -17,19 +17,67 @@ import os
 import select
 import signal
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from .adapter import Runtime
 from .config import Config, ConfigError, MetricsSettings, load_config
-from .metrics import Metrics, MetricsEndpoint, ReloadResult
+from .metrics import Metrics, MetricsEndpoint, ReloadResult, StoreOperation
+from .store import StoreError
+from .store.base import PURGE_INTERVAL
 
 log = logging.getLogger("amzguard")
 
 RELOAD_SIGNAL = signal.SIGUSR1
 DRAIN_TIMEOUT = 25.0
 """Seconds a stop waits for messages in progress; the unit's TimeoutStopSec leaves room above it."""
+
+
+class Purger:
+    """Forgets review requests and buyer messages past ``store.retention_days``: at start, then hourly, on a
+    thread of its own, so no message ever waits for a purge (the PostgreSQL backend also takes an advisory
+    lock, so of several hosts sharing a database one purges at a time). A failure is logged and counted
+    (``amzguard_store_errors_total{operation="purge"}``) and changes nothing for any message; the next
+    round tries again."""
+
+    def __init__(self, runtime: Runtime, interval: float = PURGE_INTERVAL) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="amzguard-purge", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.purge_once()
+            self._stop.wait(self.interval)
+
+    def purge_once(self) -> int:
+        snapshot = self.runtime.snapshot
+        if not snapshot.uses_store():
+            return 0
+        store, metrics = snapshot.store, self.runtime.metrics
+        try:
+            with metrics.store_call(StoreOperation.PURGE, store.backend):
+                forgotten = store.purge()
+        except StoreError as exc:
+            metrics.store_error(StoreOperation.PURGE, store.backend)
+            log.error("store purge failed: %s; no message is affected (tried again in %d s)", exc, self.interval)
+            return 0
+        finally:
+            store.close()  # this thread's SQLite connection; PostgreSQL's goes back to its pool anyway
+        if forgotten:
+            log.info("store purge: forgot %d records older than store.retention_days=%d", forgotten,
+                     snapshot.config.store.retention_days)  # fmt: skip
+        return forgotten
 
 
 def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -53,9 +53,10 @@ def needs(config: Config, config_path: Path) -> list[Need]:
     result = [Need(CONFIG_NEED, str(config_path), "read")]
     result += [Need(secret.key, str(secret.path), "read") for secret in config.secret_files]
     store = config.store.path
-    result.append(Need("store.path's directory", str(store.parent), "write", optional=True))
-    if store.exists():
-        result.append(Need("store.path", str(store), "read-write"))
+    if not config.store.url:  # a database's rights are the database's business (amzguard store status)
+        result.append(Need("store.path's directory", str(store.parent), "write", optional=True))
+        if store.exists():
+            result.append(Need("store.path", str(store), "read-write"))
     socket = config.milter.socket
     if socket.startswith(("unix:", "local:")):
         result.append(Need("milter.socket's directory", str(Path(socket.partition(":")[2]).parent), "write",

@@ -72,7 +72,7 @@ def _row_figures(report: str, label: str) -> list[list[float]]:
 
 def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
-    report = _run(["bench.pipeline", "--smoke", "--quiet", "--json", str(out)], timeout=120)
+    report = _run(["bench.pipeline", "--smoke", "--quiet", "--json", str(out)], timeout=300)
 
     data = json.loads(out.read_text())
     assert data["machine"]["cores"] >= 1
@@ -97,20 +97,33 @@ def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path
         for label, figures in tables[title]:
             # median, min, max, ratios to the no-op pymilter on the same socket and to the C reference
             assert len(figures) == 5 and all(value > 0 for value in figures), (title, label, figures)
-    targets = report.split("targets (medians of this run; ok or MISSED):")[1].strip().splitlines()
+    after = report.split("targets (medians of this run; ok or MISSED):")[1].splitlines()
+    targets = [line for line in after if line.startswith("  s=")]
     assert len(targets) == 16 and all(line.endswith((" ok", " MISSED")) for line in targets), targets
     assert "cores" in report and "mix" in report
+    # Review requests one at a time, SQLite and PostgreSQL, and the difference against the +2 ms target.
+    assert sorted(data["review_ms"]) == ["amzguard-pg", "amzguard-unix"]
+    assert all(len(values) >= 20 and min(values) > 0 for values in data["review_ms"].values())
+    for label in ("amzguard, unix:", "amzguard, PostgreSQL"):
+        [count, p50, p99] = _row_figures(report.split("review requests one at a time")[1], label)[0]
+        assert count >= 20 and 0 < p50 <= p99, (label, count, p50, p99)
+    assert re.search(r"review request p50: PostgreSQL - SQLite [+-]\d+\.\d+ ms \(ratio \d+\.\d+\), target", report)
 
 
 def test_policy_and_register_smoke_report_every_row_with_positive_figures() -> None:
-    report = _run(["bench", "--smoke", "--skip-pipeline"], timeout=120)
+    report = _run(["bench", "--smoke", "--skip-pipeline"], timeout=300)
 
     rows = ("classify_recipient (mix)", "decision per message (mix)", "only allowed", "only buyer", "only review")
     for label in rows:
         [figures] = _row_figures(report, label)
         assert len(figures) == 5 and all(value > 0 for value in figures), (label, figures)
     assert "opt-out register lookups: store bench.register_bench:SqliteRegister" in report  # the real store
+    assert "opt-out register lookups: store bench.register_bench:PostgresRegister" in report  # both backends
+    assert "register lookups, PostgreSQL (unix socket) beside SQLite, same run:" in report
     for size in ("1000", "10000"):
-        [figures] = _row_figures(report, size)
+        [sqlite, postgres, both] = _row_figures(report, size)
         # build seconds may round to 0.00 for small sizes; lookups/s, p50, p99 must be positive
-        assert len(figures) == 6 and all(value > 0 for value in figures[1:4]), (size, figures)
+        for figures in (sqlite, postgres):
+            assert len(figures) == 6 and all(value > 0 for value in figures[1:4]), (size, figures)
+        # p50 and p99 of each, then the p50 ratio
+        assert len(both) == 5 and all(value > 0 for value in both), (size, both)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from amzguard.optout import OptOut, OptOutStore
+from amzguard.store import OptOut, SqliteStore
 from tests.e2e.conftest import REPO, REVIEW_SENDER, SHOP_SENDER, Stack, start_stack, stop_stack
 from tests.e2e.harness import SinkMessage, make_message, parse_bounce, unique_token
 from tests.support.milter_process import REVIEW_TOKEN
@@ -53,7 +53,7 @@ _CHANNELS = {
 def stack() -> Iterator[Stack]:
     main_cf = {"mydestination": "localhost", "recipient_canonical_maps": f"inline:{{ {CANONICAL}={CANONICAL_TO} }}"}
     started = start_stack("exact", channels=_CHANNELS, main_cf=main_cf)
-    OptOutStore(started.workdir / "amzguard.sqlite").add([OptOut(OPTED_OUT_KEY)])
+    SqliteStore(started.workdir / "amzguard.sqlite").add([OptOut(OPTED_OUT_KEY)])
     yield started
     stop_stack(started)
 
@@ -235,7 +235,7 @@ def test_one_review_request_per_order_whatever_the_spelling(stack: Stack) -> Non
     assert result.queued, result
     assert relayed_to(stack, first) == ["x@marketplace.amazon.de"]
     wait_decision(stack, "x@marketplace.amazon.de", "smtp", "eom", "deliver", "channel")
-    assert OptOutStore(stack.workdir / "amzguard.sqlite").buyer_for_order(order) == "x@marketplace.amazon.de"
+    assert SqliteStore(stack.workdir / "amzguard.sqlite").buyer_for_order(order) == "x@marketplace.amazon.de"
 
     for spelling in ("<localhost!marketplace.amazon.de!X@localhost>", '<"x@marketplace.amazon.de">'):
         again = order_subject("exact-again", order)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from amzguard.config import DEFAULT_REASON_TEXTS
-from amzguard.optout import OptOutStore
+from amzguard.store import SqliteStore
 from amzguard.policy import Reason
 from tests.e2e.conftest import REPO, REVIEW_SENDER, SHOP_SENDER, Stack, start_stack, stop_stack
 from tests.e2e.harness import make_message, parse_bounce, unique_token
@@ -101,8 +101,8 @@ def stack() -> Iterator[Stack]:
     stop_stack(started)
 
 
-def store_of(stack: Stack) -> OptOutStore:
-    return OptOutStore(stack.workdir / "store" / "amzguard.sqlite")
+def store_of(stack: Stack) -> SqliteStore:
+    return SqliteStore(stack.workdir / "store" / "amzguard.sqlite")
 
 
 def optout_cli(stack: Stack, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from miltertest import constants as c
 
 from amzguard.adapter import Snapshot
 from amzguard.config import parse_config
-from amzguard.optout import OptOutStore
+from amzguard.store import SqliteStore
 from tests.support.fake_mta import LOCAL_PEER, SMTP_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
@@ -58,28 +58,29 @@ def test_error_at_rcpt_is_answered_where_legal(tmp_path: Path, peer: tuple[str, 
 
 
 BROKEN_PURGE = (
-    "import amzguard.optout as optout\n"
+    "import amzguard.store.sqlite as sqlite\n"
     "def broken(self):\n"
-    "    raise optout.StoreError('injected purge fault')\n"
-    "optout.OptOutStore.purge = broken\n"
+    "    raise sqlite.StoreError('injected purge fault')\n"
+    "sqlite.SqliteStore.purge = broken\n"
 )
 
 
-def test_failed_purge_after_a_committed_record_does_not_fail_the_message(tmp_path: Path) -> None:
-    """A tempfail here would make the shop retry a review request that is already recorded, and the
-    retry would then be refused as a duplicate of itself."""
+def test_a_failed_purge_affects_no_message(tmp_path: Path) -> None:
+    """The purge runs on a thread of its own (at start, then hourly), never in a message's callback: a
+    tempfail there would make the shop retry a review request already recorded, refused then as a duplicate
+    of itself. Its failure is logged and counted, and review requests go on."""
     store_path = tmp_path / "store.sqlite"
     proc = start(tmp_path, "broken-purge", BROKEN_PURGE, store={"path": str(store_path)})
     try:
         with FakeMta(proc.socket) as mta:
             _, eom = mta.message("<shop@shop.test>", [BUYER], headers=[TAG, ("Subject", "Order 305-1234567-7654321")])
         assert eom[-1].command == c.SMFIR_ACCEPT, eom
-        assert OptOutStore(store_path).buyer_for_order("305-1234567-7654321") == BUYER_KEY
-        assert "opt-out store unavailable (purge): injected purge fault; message not affected" in proc.wait_log(
+        assert SqliteStore(store_path).buyer_for_order("305-1234567-7654321") == BUYER_KEY
+        assert "store purge failed: injected purge fault; no message is affected" in proc.wait_log(
             "injected purge fault")
         url = re.search(r"metrics on (http://\S+)", proc.wait_log("metrics on http://")).group(1)
         with urllib.request.urlopen(url, timeout=10) as response:
-            assert 'amzguard_store_errors_total{operation="purge"} 1.0' in response.read().decode()
+            assert 'amzguard_store_errors_total{backend="sqlite",operation="purge"} 1.0' in response.read().decode()
     finally:
         assert proc.stop() == 0
 

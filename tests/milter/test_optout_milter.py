@@ -12,7 +12,7 @@ import pytest
 from miltertest import constants as c
 
 from amzguard.config import DEFAULT_REASON_TEXTS
-from amzguard.optout import OptOut, OptOutStore
+from amzguard.store import OptOut, SqliteStore
 from amzguard.policy import Reason
 from tests.support.fake_mta import LOCAL_PEER, FakeMta
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
@@ -38,15 +38,15 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def milter(store_dir: Path) -> Iterator[MilterProcess]:
-    OptOutStore(store_dir / "store.sqlite").add([OptOut(OPTED_KEY)])
+    SqliteStore(store_dir / "store.sqlite").add([OptOut(OPTED_KEY)])
     proc = start(store_dir, "optout", store={"path": str(store_dir / "store.sqlite")})
     yield proc
     assert proc.stop() == 0, proc.log_text()
 
 
 @pytest.fixture()
-def store(store_dir: Path) -> OptOutStore:
-    return OptOutStore(store_dir / "store.sqlite")
+def store(store_dir: Path) -> SqliteStore:
+    return SqliteStore(store_dir / "store.sqlite")
 
 
 def eom_reply(eom) -> tuple[str, str]:
@@ -65,7 +65,7 @@ def test_untagged_mail_skips_its_body(milter: MilterProcess) -> None:
 
 
 def test_review_request_order_id_from_a_later_body_chunk_then_duplicate_refused(
-    milter: MilterProcess, store: OptOutStore
+    milter: MilterProcess, store: SqliteStore
 ) -> None:
     order = "303-1111111-2222222"
     body = ["Dear customer,\r\n" * 200, f"how was order {order}?\r\n", "Regards\r\n"]
@@ -88,7 +88,7 @@ def test_review_request_order_id_from_a_later_body_chunk_then_duplicate_refused(
                     "channel=review decision=refuse reason=duplicate-review")  # fmt: skip
 
 
-def test_opted_out_buyer_gets_reply_and_critical_but_no_review(milter: MilterProcess, store: OptOutStore) -> None:
+def test_opted_out_buyer_gets_reply_and_critical_but_no_review(milter: MilterProcess, store: SqliteStore) -> None:
     review = [TAG, ("Subject", "Order 303-3333333-4444444: your opinion")]
     for peer in (None, LOCAL_PEER):
         with FakeMta(milter.socket) as mta:
@@ -110,7 +110,7 @@ def test_opted_out_buyer_gets_reply_and_critical_but_no_review(milter: MilterPro
         assert eom[1].fields["rcpt"] == "<90210@amazon.it>"
 
 
-def test_register_changes_apply_without_restart(milter: MilterProcess, store: OptOutStore) -> None:
+def test_register_changes_apply_without_restart(milter: MilterProcess, store: SqliteStore) -> None:
     buyer = "<k4k4k4k4k4k4k4k4@marketplace.amazon.it>"
     headers = [TAG, ("Subject", "Order 303-5555555-6666666")]
     store.add([OptOut("k4k4k4k4k4k4k4k4@marketplace.amazon.it")])
@@ -147,7 +147,7 @@ def test_unusable_store_tempfails_only_what_needs_it(tmp_path: Path) -> None:
         with FakeMta(proc.socket) as mta:
             _, eom = mta.message("<reviews@shop.test>", [BUYER], headers=[TAG, ("Subject", "303-7777777-8888888")])
         assert eom[-1].command == c.SMFIR_ACCEPT
-        assert OptOutStore(missing).buyer_for_order("303-7777777-8888888") == BUYER_KEY
+        assert SqliteStore(missing).buyer_for_order("303-7777777-8888888") == BUYER_KEY
 
 
 def test_unusable_store_with_on_error_continue(tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_store_locked_by_another_process_tempfails_review_requests_only(tmp_path
     """Another process holds the store's write lock past the busy timeout (a long import, a backup tool):
     a review request, which must be recorded, waits (451, the MTA retries); other mail is not held up."""
     path = tmp_path / "store.sqlite"
-    OptOutStore(path).add([OptOut(OPTED_KEY)])
+    SqliteStore(path).add([OptOut(OPTED_KEY)])
     with start(tmp_path, "locked", store={"path": str(path)}) as proc:
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from amzguard.optout import OptOutStore
+from amzguard.store import SqliteStore
 from amzguard.policy import ReviewSent
 
 NOTICES = Path(__file__).resolve().parents[1] / "fixtures" / "notices"
@@ -73,7 +73,7 @@ def test_export_and_import_round_trip_in_both_formats(cli: Cli, tmp_path: Path) 
     done = cli("import", str(csv_file))
     assert (done.returncode, done.stdout) == (0, f"imported {csv_file}: added 3, already registered 0, skipped 0\n")
     assert cli("import", str(csv_file)).stdout.endswith("added 0, already registered 3, skipped 0\n")
-    assert [e.order_id for e in OptOutStore(cli.db).entries()] == [None, "302-1234567-7654321", None]
+    assert [e.order_id for e in SqliteStore(cli.db).entries()] == [None, "302-1234567-7654321", None]
     # one address a line from stdin, with comments, blank lines and garbage
     text = (b"# help desk 'blocked customers'\n\n"
             b"z9z9@marketplace.amazon.it\nq7x2k9m4p1z8w3v5@marketplace.amazon.de\nfoo\n")  # fmt: skip
@@ -92,7 +92,7 @@ def test_import_csv_with_other_columns_and_without_header(cli: Cli, tmp_path: Pa
     headerless = tmp_path / "plain.csv"
     headerless.write_text("e2@marketplace.amazon.de,028-3333333-4444444\ne3@marketplace.amazon.de,\n")
     assert cli("import", str(headerless)).stdout.endswith("added 2, already registered 0, skipped 0\n")
-    entries = {e.buyer: e.order_id for e in OptOutStore(cli.db).entries()}
+    entries = {e.buyer: e.order_id for e in SqliteStore(cli.db).entries()}
     assert entries["e1@marketplace.amazon.de"] == "028-1111111-2222222"
     assert entries["e2@marketplace.amazon.de"] == "028-3333333-4444444"
     proper = tmp_path / "proper.csv"
@@ -103,7 +103,7 @@ def test_import_csv_with_other_columns_and_without_header(cli: Cli, tmp_path: Pa
 
 
 def test_learn_from_files_and_stdin(cli: Cli) -> None:
-    OptOutStore(cli.db).record([
+    SqliteStore(cli.db).record([
         ReviewSent("302-1000001-2000001", "a1a1a1a1a1a1a1a1@marketplace.amazon.com"),
         ReviewSent("302-1000002-2000002", "b2b2b2b2b2b2b2b2@marketplace.amazon.de"),
     ])  # fmt: skip
@@ -123,7 +123,7 @@ def test_learn_from_files_and_stdin(cli: Cli) -> None:
     again = cli("learn", str(NOTICES / "en_order_only.eml"))
     assert again.stdout.startswith("already registered: a1a1a1a1a1a1a1a1@marketplace.amazon.com")
     assert again.returncode == 0
-    assert len(OptOutStore(cli.db).entries()) == 3
+    assert len(SqliteStore(cli.db).entries()) == 3
 
 
 def test_learn_accepts_what_it_cannot_learn_and_says_so(cli: Cli) -> None:
@@ -137,7 +137,7 @@ def test_learn_accepts_what_it_cannot_learn_and_says_so(cli: Cli) -> None:
     assert done.stdout.strip() == "learned 0 (new 0, already registered 0), unresolved 1, not recognised 1"
     empty = cli("learn", stdin=b"")
     assert empty.returncode == 0 and "amzguard: warning: no message in the input" in empty.stderr
-    assert OptOutStore(cli.db).entries() == []
+    assert SqliteStore(cli.db).entries() == []
 
 
 def test_learn_keeps_what_it_cannot_learn_in_the_configured_directory(cli: Cli, tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_learn_keeps_what_it_cannot_learn_in_the_configured_directory(cli: Cli, 
     assert kept.read_bytes().replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
     assert kept.stat().st_mode & 0o777 == 0o640
     # A learned notice is not kept.
-    OptOutStore(cli.db).record([ReviewSent("302-1000001-2000001", "a1a1a1a1a1a1a1a1@marketplace.amazon.com")])
+    SqliteStore(cli.db).record([ReviewSent("302-1000001-2000001", "a1a1a1a1a1a1a1a1@marketplace.amazon.com")])
     assert cli("learn", str(NOTICES / "en_order_only.eml")).returncode == 0
     assert len(list(keep.iterdir())) == 1
     # A directory that cannot take the message: the pipe must keep it and retry, not lose it.

@@ -9,7 +9,7 @@ import pytest
 
 from amzguard.address import BuyerPatterns
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
-from amzguard.optout import OptOutStore
+from amzguard.store import SqliteStore
 from amzguard.optout_learn import NOTICE_PHRASES, Outcome, learn, read_notice, split_messages
 from amzguard.policy import ReviewSent
 
@@ -29,8 +29,8 @@ SENT = {
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> OptOutStore:
-    store = OptOutStore(tmp_path / "store.sqlite")
+def store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "store.sqlite")
     store.record(ReviewSent(order, buyer) for order, buyer in SENT.items())
     return store
 
@@ -51,7 +51,7 @@ def load(name: str) -> email.message.Message:
         ("forwarded_by_rule.eml", "de", "302-1000009-2000009"),
     ],
 )
-def test_each_language_is_learned_through_the_order(store: OptOutStore, fixture: str, language: str,
+def test_each_language_is_learned_through_the_order(store: SqliteStore, fixture: str, language: str,
                                                     order: str) -> None:  # fmt: skip
     [result] = learn([load(fixture)], store, PATTERNS)
     assert result.outcome is Outcome.LEARNED, result
@@ -71,7 +71,7 @@ def test_every_language_has_a_fixture() -> None:
 
 
 def test_notice_with_the_original_attached_needs_no_record(tmp_path: Path) -> None:
-    empty = OptOutStore(tmp_path / "empty.sqlite")
+    empty = SqliteStore(tmp_path / "empty.sqlite")
     [result] = learn([load("en_with_original.eml")], empty, PATTERNS)
     assert result.outcome is Outcome.LEARNED
     # The buyer from the original's To: (sub-address removed), the order from its subject.
@@ -79,7 +79,7 @@ def test_notice_with_the_original_attached_needs_no_record(tmp_path: Path) -> No
     assert result.detail == "address in the notice"
 
 
-def test_unknown_order_without_address_is_reported_not_guessed(store: OptOutStore) -> None:
+def test_unknown_order_without_address_is_reported_not_guessed(store: SqliteStore) -> None:
     [result] = learn([load("en_unresolved.eml")], store, PATTERNS)
     assert result.outcome is Outcome.UNRESOLVED
     assert result.order_id == "302-9999999-9999999" and result.buyer is None
@@ -87,13 +87,13 @@ def test_unknown_order_without_address_is_reported_not_guessed(store: OptOutStor
     assert store.entries() == []
 
 
-def test_other_amazon_mail_is_not_a_notice(store: OptOutStore) -> None:
+def test_other_amazon_mail_is_not_a_notice(store: SqliteStore) -> None:
     [result] = learn([load("not_a_notice.eml")], store, PATTERNS)
     assert result.outcome is Outcome.UNRECOGNISED and result.label == "<notice-en-5@amazon.example>"
     assert store.entries() == []
 
 
-def test_several_addresses_are_resolved_only_by_the_order(store: OptOutStore) -> None:
+def test_several_addresses_are_resolved_only_by_the_order(store: SqliteStore) -> None:
     text = (
         "Subject: Message delivery failure\n\nWe were unable to deliver the message you sent for order "
         "[302-1000001-2000001] to a1a1a1a1a1a1a1a1@marketplace.amazon.com or zz@marketplace.amazon.com because the "
@@ -106,7 +106,7 @@ def test_several_addresses_are_resolved_only_by_the_order(store: OptOutStore) ->
     assert ambiguous.outcome is Outcome.UNRESOLVED and "several buyer addresses" in ambiguous.detail
 
 
-def test_mbox_with_several_messages(store: OptOutStore) -> None:
+def test_mbox_with_several_messages(store: SqliteStore) -> None:
     parts = []
     for name in ("en_order_only.eml", "not_a_notice.eml", "de_order_only.eml"):
         body = (NOTICES / name).read_bytes().replace(b"\nFrom ", b"\n>From ")

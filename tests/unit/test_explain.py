@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from amzguard.cli import main
-from amzguard.optout import OptOut, OptOutStore
+from amzguard.store import OptOut, SqliteStore
 from amzguard.policy import ReviewSent
 
 TOKEN = "t3st-review-token-7Qx9Lm2"
@@ -110,7 +110,7 @@ def test_order_id_and_store_answers_as_in_the_milter(tmp_path: Path, capsys: pyt
     _, out = run(capsys, *review, "--header", "Subject: How was it?", "blacklisted-40417@amazon.fr")
     assert out[1].startswith("<blacklisted-40417@amazon.fr>: refuse at end of message (reason no-order-id")
 
-    store = OptOutStore(store_path)
+    store = SqliteStore(store_path)
     store.add([OptOut("40417@amazon.fr")])
     store.record([ReviewSent("303-1111111-2222222", "q7x2k9m4p1z8w3v5@marketplace.amazon.de")])
     _, out = run(capsys, *review, "--header", "Subject: Order 303-1234567-7654321", "blacklisted-40417@amazon.fr")

@@ -15,7 +15,7 @@ from amzguard.address import classify_recipient
 from amzguard.config import DEFAULT_MARKED_PREFIXES, DEFAULT_RELAY_DOMAINS
 from amzguard.address import BuyerPatterns
 from amzguard.metrics import DecisionStage, MessageResult, Metrics, MilterStage, ReloadResult, StoreOperation
-from amzguard.optout import SOURCES, OptOut, OptOutStore
+from amzguard.store import SOURCES, OptOut, SqliteStore as OptOutStore
 from amzguard.policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath, possible_decisions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,9 +66,12 @@ def test_every_series_exists_at_zero_from_the_start() -> None:
 
 
 def test_no_created_series() -> None:
-    text = Metrics().exposition().decode()
+    metrics = Metrics()
+    text = metrics.exposition().decode()
     assert "_created" not in text
-    assert len(text.splitlines()) < 150  # 466 lines before (211 _created, 140 impossible recipient series)
+    assert len(text.splitlines()) < 120  # 466 lines before (211 _created, 140 impossible recipient series)
+    metrics.store_backend("postgresql")  # the store series: one backend's, 39 lines
+    assert len(metrics.exposition().decode().splitlines()) < 160
 
 
 def test_no_created_series_with_debians_prometheus_client_016() -> None:
@@ -169,14 +172,29 @@ def test_endpoint_port_in_use_is_an_oserror() -> None:
         endpoint.close()
 
 
-def test_store_errors_are_counted_by_operation() -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_store_errors_and_latency_by_operation_and_backend(backend: str) -> None:
     metrics = Metrics()
-    assert value(metrics, "amzguard_store_errors_total", operation="lookup") == 0
-    metrics.store_error(StoreOperation.LOOKUP)
-    metrics.store_error(StoreOperation.LOOKUP)
-    metrics.store_error(StoreOperation.RECORD)
-    assert value(metrics, "amzguard_store_errors_total", operation="lookup") == 2
-    assert value(metrics, "amzguard_store_errors_total", operation="record") == 1
+    metrics.store_backend(backend)
+    assert value(metrics, "amzguard_store_errors_total", operation="lookup", backend=backend) == 0
+    assert value(metrics, "amzguard_store_duration_seconds_count", operation="purge", backend=backend) == 0
+    other = "sqlite" if backend == "postgresql" else "postgresql"
+    assert not any(labels.get("backend") == other for _, labels in _series(metrics))  # not in use: not created
+    metrics.store_error(StoreOperation.LOOKUP, backend)
+    metrics.store_error(StoreOperation.LOOKUP, backend)
+    metrics.store_error(StoreOperation.RECORD, backend)
+    assert value(metrics, "amzguard_store_errors_total", operation="lookup", backend=backend) == 2
+    assert value(metrics, "amzguard_store_errors_total", operation="record", backend=backend) == 1
+    with metrics.store_call(StoreOperation.LOOKUP, backend):
+        pass
+    assert value(metrics, "amzguard_store_duration_seconds_count", operation="lookup", backend=backend) == 1
+    assert value(metrics, "amzguard_store_duration_seconds_bucket", operation="lookup", backend=backend,
+                 le="5.0") == 1  # fmt: skip
+
+
+def _series(metrics: Metrics) -> list[tuple[str, dict[str, str]]]:
+    return [(sample.name, sample.labels) for family in text_string_to_metric_families(metrics.exposition().decode())
+            for sample in family.samples]  # fmt: skip
 
 
 def test_register_size_by_source_is_read_per_scrape(tmp_path: Path) -> None:

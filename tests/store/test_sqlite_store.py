@@ -1,5 +1,6 @@
-"""The SQLite store on real files: register, review records, failures, and one writer with concurrent readers
-(threads and processes). Buyer addresses are made up."""
+"""What only the SQLite backend has, on real files: the file itself (mode, WAL, replaced or deleted in use,
+not a database), its schema migration, locking, and one writer with concurrent readers (threads and
+processes). What both backends share is in test_conformance.py. Buyer addresses are made up."""
 
 from __future__ import annotations
 
@@ -13,74 +14,30 @@ from pathlib import Path
 
 import pytest
 
-from amzguard.optout import FILE_MODE, OptOut, OptOutStore, StoreError
-from amzguard.policy import BuyerMessage, ReviewSent
+from amzguard.store import OptOut, SchemaError, StoreError
+from amzguard.store.sqlite import FILE_MODE, SCHEMA_V1, SqliteStore
+from amzguard.policy import ReviewSent
 
 BUYER = "q7x2k9m4p1z8w3v5@marketplace.amazon.de"
 ORDER = "302-1234567-7654321"
 
 
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_register_is_idempotent_and_counted(tmp_path: Path) -> None:
-    store = OptOutStore(tmp_path / "s.sqlite")
-    assert store.add([OptOut(BUYER), OptOut("a@marketplace.amazon.fr")]).changed == 2
-    again = store.add([OptOut(BUYER, order_id=ORDER, source="notice")])
-    assert (again.changed, again.unchanged) == (0, 1)
-    [first, second] = store.entries()
-    assert (first.buyer, second.buyer) == ("a@marketplace.amazon.fr", BUYER)
-    assert second.order_id == ORDER and second.source == "cli"  # order filled in, the entry otherwise kept
-    assert store.opted_out([BUYER, "other@marketplace.amazon.de"]) == {BUYER}
-    removed = store.remove([BUYER, BUYER, "never@marketplace.amazon.de"])
-    assert (removed.changed, removed.unchanged) == (1, 2)
-    assert store.opted_out([BUYER]) == frozenset()
-
-
 def test_new_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    OptOutStore(path).check()
+    SqliteStore(path).check()
     assert path.stat().st_mode & 0o777 == FILE_MODE == 0o660
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-
-
-def test_review_records_and_retention(tmp_path: Path) -> None:
-    clock = Clock()
-    store = OptOutStore(tmp_path / "s.sqlite", retention_days=10, clock=clock)
-    store.record([ReviewSent(ORDER, BUYER), BuyerMessage("m1@mail.example", BUYER)])
-    store.record([ReviewSent(ORDER, "someone-else@marketplace.amazon.de")])  # the first record stays
-    assert store.reviewed_orders([ORDER, "028-0000000-0000000"]) == {ORDER}
-    assert store.buyer_for_order(ORDER) == BUYER
-    assert store.thread_senders(["m1@mail.example", "m2@mail.example"]) == {BUYER}
-    clock.now += 11 * 86400
-    assert store.reviewed_orders([ORDER]) == frozenset()  # expired, even before it is purged
-    assert store.thread_senders(["m1@mail.example"]) == frozenset()
-    assert store.purge() == 2
-    assert store.buyer_for_order(ORDER) is None
-
-
-def test_changes_by_another_process_are_seen_at_once(tmp_path: Path) -> None:
-    milter_side = OptOutStore(tmp_path / "s.sqlite")
-    assert milter_side.opted_out([BUYER]) == frozenset()
-    _run_python(f"from amzguard.optout import OptOut, OptOutStore\n"
-                f"OptOutStore({str(tmp_path / 's.sqlite')!r}).add([OptOut({BUYER!r})])")  # fmt: skip
-    assert milter_side.opted_out([BUYER]) == {BUYER}
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("how", ["replaced", "deleted"])
 def test_a_file_replaced_or_deleted_in_use_is_refused_not_read_half_old(tmp_path: Path, how: str) -> None:
     path = tmp_path / "s.sqlite"
-    store = OptOutStore(path)
+    store = SqliteStore(path)
     store.add([OptOut(BUYER)])
     if how == "replaced":
-        other = OptOutStore(tmp_path / "backup.sqlite")
+        other = SqliteStore(tmp_path / "backup.sqlite")
         other.add([OptOut("restored@marketplace.amazon.de")])
         other.close()
         os.replace(tmp_path / "backup.sqlite", path)
@@ -104,7 +61,7 @@ def _catch(errors: list[Exception], action) -> None:
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
-    store = OptOutStore(tmp_path / "no" / "such" / "dir" / "s.sqlite")
+    store = SqliteStore(tmp_path / "no" / "such" / "dir" / "s.sqlite")
     with pytest.raises(StoreError, match=r"no/such/dir/s.sqlite: cannot create the store: No such file"):
         store.opted_out([BUYER])
     # It works once the directory exists: no restart needed.
@@ -116,20 +73,37 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     path.write_bytes(b"this is not a database, it is a text file\n" * 200)
     with pytest.raises(StoreError, match="s.sqlite: .*not a database"):
-        OptOutStore(path).opted_out([BUYER])
+        SqliteStore(path).opted_out([BUYER])
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version=99")
-    with pytest.raises(StoreError, match="schema 99 is newer"):
-        OptOutStore(path).check()
+    with pytest.raises(SchemaError, match="schema 99 is newer than this amzguard knows"):
+        SqliteStore(path).check()
+
+
+def test_a_version_1_file_is_migrated_on_open_keeping_everything(tmp_path: Path) -> None:
+    """amzguard before the PostgreSQL backend wrote schema 1; opening it adds the claim column and the
+    register counts (from the rows already there) in one transaction."""
+    path = tmp_path / "s.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V1 + "PRAGMA user_version=1;")
+        conn.execute("INSERT INTO optout VALUES (?, NULL, 'notice', 1)", (BUYER,))
+        conn.execute("INSERT INTO optout VALUES ('b@marketplace.amazon.fr', NULL, 'cli', 1)")
+        conn.execute("INSERT INTO review_sent VALUES (?, ?, ?)", (ORDER, BUYER, 1_800_000_000))
+    store = SqliteStore(path, clock=lambda: 1_800_000_100.0)
+    assert store.schema_version() == 1
+    assert store.migrate() == (1, 2)
+    assert store.counts_by_source() == {"cli": 1, "import": 0, "notice": 1}
+    assert store.reviewed_orders([ORDER]) == {ORDER}
+    assert store.record([ReviewSent(ORDER, "other@marketplace.amazon.de")]) == {ORDER}  # still taken
 
 
 def test_a_locked_store_fails_writers_after_the_busy_timeout_but_not_readers(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    store = OptOutStore(path, busy_timeout=0.2)
+    store = SqliteStore(path, busy_timeout=0.2)
     store.add([OptOut(BUYER)])
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
@@ -155,9 +129,10 @@ def _key(i: int) -> str:
 
 WRITER = f"""
 import sys
-from amzguard.optout import OptOut, OptOutStore
+from amzguard.store import OptOut
+from amzguard.store.sqlite import SqliteStore
 from amzguard.policy import ReviewSent
-store = OptOutStore(sys.argv[1])
+store = SqliteStore(sys.argv[1])
 for i in range({ROUNDS}):
     key = f"buyer{{i:04d}}@marketplace.amazon.de"
     store.add([OptOut(key, source="test")])
@@ -167,8 +142,8 @@ print("wrote", {ROUNDS})
 
 READER = f"""
 import sys, time
-from amzguard.optout import OptOutStore
-store = OptOutStore(sys.argv[1])
+from amzguard.store.sqlite import SqliteStore
+store = SqliteStore(sys.argv[1])
 keys = [f"buyer{{i:04d}}@marketplace.amazon.de" for i in range({ROUNDS})]
 seen, reads, deadline = 0, 0, time.monotonic() + 120
 while seen < {ROUNDS} and time.monotonic() < deadline:
@@ -193,7 +168,7 @@ def _run_python(code: str, *args: str) -> subprocess.Popen[str]:
 
 def test_one_writer_and_concurrent_readers(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    store = OptOutStore(path)
+    store = SqliteStore(path)
     store.check()
     readers = [_run_python(READER, str(path)) for _ in range(2)]
     errors: list[BaseException] = []
@@ -234,12 +209,12 @@ def test_one_writer_and_concurrent_readers(tmp_path: Path) -> None:
 def test_concurrent_first_opens_create_one_store(tmp_path: Path) -> None:
     path = tmp_path / "fresh.sqlite"
     code = (
-        "import sys\nfrom amzguard.optout import OptOut, OptOutStore\n"
-        "OptOutStore(sys.argv[1]).add([OptOut(sys.argv[2])])\n"
+        "import sys\nfrom amzguard.store import OptOut\nfrom amzguard.store.sqlite import SqliteStore\n"
+        "SqliteStore(sys.argv[1]).add([OptOut(sys.argv[2])])\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), _key(i)], stderr=subprocess.PIPE, text=True)
              for i in range(4)]  # fmt: skip
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-    assert {entry.buyer for entry in OptOutStore(path).entries()} == {_key(i) for i in range(4)}
+    assert {entry.buyer for entry in SqliteStore(path).entries()} == {_key(i) for i in range(4)}

@@ -1,0 +1,264 @@
+"""One conformance suite, run against both backends: SQLite (a file) and PostgreSQL (a database of the
+session's throwaway cluster). What the milter, ``optout`` and ``store copy`` rely on must hold on both:
+register semantics, review claims decided by the store, retention, counts, copies, schema refusal, and
+several processes deciding one order at once. Buyer addresses are made up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amzguard.policy import BuyerMessage, ReviewSent
+from amzguard.store import SCHEMA_VERSION, MessageRow, OptOut, ReviewRow, SchemaError, Store, open_location
+from amzguard.store.postgres import PostgresStore
+from amzguard.store.sqlite import SqliteStore
+from tests.support.postgres import PASSWORD, PostgresCluster
+
+BUYER = "q7x2k9m4p1z8w3v5@marketplace.amazon.de"
+ORDER = "302-1234567-7654321"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Factory = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a fresh, initialised store lives: a file path or a libpq keyword string."""
+    if request.param == "sqlite":
+        return str(tmp_path / "s.sqlite")
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    url = cluster.socket_url(cluster.new_database())
+    PostgresStore(url).migrate()
+    return url
+
+
+@pytest.fixture
+def make(location: str) -> Factory:
+    opened: list[Store] = []
+
+    def factory(retention_days: int = 730, clock: Callable[[], float] | None = None) -> Store:
+        kwargs = {"clock": clock} if clock else {}
+        store: Store = (PostgresStore if "=" in location else SqliteStore)(location, retention_days, **kwargs)
+        opened.append(store)
+        return store
+
+    yield factory  # type: ignore[misc]
+    for store in opened:
+        store.shutdown()
+
+
+def test_register_is_idempotent_and_counted(make: Factory) -> None:
+    store = make()
+    assert store.add([OptOut(BUYER), OptOut("a@marketplace.amazon.fr")]).changed == 2
+    again = store.add([OptOut(BUYER, order_id=ORDER, source="notice")])
+    assert (again.changed, again.unchanged) == (0, 1)
+    [first, second] = store.entries()
+    assert (first.buyer, second.buyer) == ("a@marketplace.amazon.fr", BUYER)
+    assert second.order_id == ORDER and second.source == "cli"  # order filled in, the entry otherwise kept
+    assert store.opted_out([BUYER, "other@marketplace.amazon.de"]) == {BUYER}
+    removed = store.remove([BUYER, BUYER, "never@marketplace.amazon.de"])
+    assert (removed.changed, removed.unchanged) == (1, 2)
+    assert store.opted_out([BUYER]) == frozenset()
+
+
+def test_review_records_and_retention(make: Factory) -> None:
+    clock = Clock()
+    store = make(retention_days=10, clock=clock)
+    assert store.record([ReviewSent(ORDER, BUYER), BuyerMessage("m1@mail.example", BUYER)]) == frozenset()
+    # The second claim on the order loses, and nothing of its transaction is kept.
+    assert store.record([ReviewSent(ORDER, "someone-else@marketplace.amazon.de"),
+                         BuyerMessage("m9@mail.example", BUYER)]) == {ORDER}  # fmt: skip
+    assert store.thread_senders(["m9@mail.example"]) == frozenset()
+    assert store.reviewed_orders([ORDER, "028-0000000-0000000"]) == {ORDER}
+    assert store.buyer_for_order(ORDER) == BUYER
+    assert store.thread_senders(["m1@mail.example", "m2@mail.example"]) == {BUYER}
+    clock.now += 11 * 86400
+    assert store.reviewed_orders([ORDER]) == frozenset()  # expired, even before it is purged
+    assert store.thread_senders(["m1@mail.example"]) == frozenset()
+    # An expired claim not purged yet does not block a new review request for the order.
+    assert store.record([ReviewSent(ORDER, "later@marketplace.amazon.de")]) == frozenset()
+    assert store.buyer_for_order(ORDER) == "later@marketplace.amazon.de"
+    assert store.purge() == 1  # the buyer message; the review request is fresh again
+    assert store.thread_senders(["m1@mail.example"]) == frozenset()
+
+
+def test_many_keys_are_looked_up_in_chunks(make: Factory) -> None:
+    store = make()
+    keys = [f"b{i:04d}@marketplace.amazon.de" for i in range(450)]  # more than MAX_QUERY_KEYS twice
+    store.add(OptOut(k) for k in keys[::3])
+    assert store.opted_out(keys) == frozenset(keys[::3])
+
+
+def test_counts_follow_every_change(make: Factory) -> None:
+    store = make()
+    assert store.counts_by_source() == {"cli": 0, "import": 0, "notice": 0}
+    store.add([OptOut("a@x.test"), OptOut("b@x.test", source="import"), OptOut("c@x.test", source="notice")])
+    store.add([OptOut("d@x.test", source="notice"), OptOut("a@x.test", source="import")])  # a: kept as cli
+    assert store.counts_by_source() == {"cli": 1, "import": 1, "notice": 2}
+    store.remove(["c@x.test", "a@x.test", "zz@x.test"])
+    assert store.counts_by_source() == {"cli": 0, "import": 1, "notice": 1}
+
+
+def test_status_and_schema(make: Factory) -> None:
+    store = make()
+    store.add([OptOut(BUYER, source="notice")])
+    store.record([ReviewSent(ORDER, BUYER), BuyerMessage("m@x.test", BUYER)])
+    status = store.status()
+    assert (status.schema, status.register["notice"], status.review_requests, status.buyer_messages) == (
+        SCHEMA_VERSION, 1, 1, 1)
+    assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+    assert "password" not in status.location
+
+
+def test_copy_is_complete_and_idempotent(make: Factory, tmp_path: Path) -> None:
+    """What ``store copy`` moves, kept exactly: opt-outs with source, order and time; review requests and
+    buyer messages with their times. A second copy changes nothing."""
+    source = SqliteStore(tmp_path / "from.sqlite")
+    source.add([OptOut(BUYER, ORDER, "notice", 1_700_000_000), OptOut("b@x.test", None, "import", 1_700_000_001)])
+    source.put_rows([ReviewRow(ORDER, BUYER, 1_700_000_002)], [MessageRow("m@x.test", BUYER, 1_700_000_003)])
+    target = make()
+    for _ in range(2):
+        assert target.add(source.entries()).changed in (2, 0)
+        target.put_rows(source.review_rows(), source.message_rows())
+    assert target.entries() == source.entries()
+    assert target.review_rows() == source.review_rows()
+    assert target.message_rows() == source.message_rows()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove"]), st.sampled_from(["a@x", "b@x", "c@x"]),
+                          st.sampled_from(["cli", "import", "notice"])), max_size=12))  # fmt: skip
+def test_register_matches_a_model(make: Factory, ops: list[tuple[str, str, str]]) -> None:
+    store = make()
+    store.remove(["a@x", "b@x", "c@x"])
+    model: dict[str, str] = {}
+    for op, buyer, source in ops:
+        if op == "add":
+            store.add([OptOut(buyer, source=source)])
+            model.setdefault(buyer, source)
+        else:
+            store.remove([buyer])
+            model.pop(buyer, None)
+    assert {e.buyer: e.source for e in store.entries()} == model
+    expected = {s: sum(1 for v in model.values() if v == s) for s in ("cli", "import", "notice")}
+    assert store.counts_by_source() == expected
+
+
+def test_one_claim_per_order_among_threads(make: Factory) -> None:
+    """Without the milter's in-process lock: the store alone decides, one winner per order."""
+    store = make()
+    orders = [f"302-0000000-{i:07d}" for i in range(20)]
+    wins: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        for order in orders:
+            if not store.record([ReviewSent(order, f"t{n}@x.test")]):
+                wins.append(order)
+        store.close()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(wins) == orders
+
+
+CLAIMER = """
+import sys
+from amzguard.policy import ReviewSent
+from amzguard.store import open_location
+store = open_location(sys.argv[1])
+won = [o for o in sys.argv[3:] if not store.record([ReviewSent(o, sys.argv[2])])]
+store.shutdown()
+print(" ".join(won))
+"""
+
+
+def test_one_claim_per_order_among_processes(location: str) -> None:
+    """Two hosts are two processes: each order is claimed by exactly one of four."""
+    orders = [f"303-0000000-{i:07d}" for i in range(30)]
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, location, f"p{n}@x.test", *orders],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(4)]  # fmt: skip
+    won: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        won += out.split()
+    assert sorted(won) == orders
+    store = open_location(location)
+    assert len(store.review_rows()) == len(orders)
+    store.shutdown()
+
+
+def test_postgres_schema_missing_older_or_newer_is_refused(pg_cluster: PostgresCluster) -> None:
+    url = pg_cluster.socket_url(pg_cluster.new_database())
+    store = PostgresStore(url)
+    try:
+        with pytest.raises(SchemaError, match="no amzguard schema in this database; run amzguard store init"):
+            store.check()
+        assert store.migrate() == (None, SCHEMA_VERSION)
+        store.check()
+        pg_cluster.psql("UPDATE amzguard_schema SET version = 99", url.split("dbname=")[1].split()[0])
+        with pytest.raises(SchemaError, match="schema 99 is newer than this amzguard knows") as caught:
+            store.check()
+        assert caught.value.newer
+        with pytest.raises(SchemaError, match="newer"):
+            store.migrate()
+    finally:
+        store.shutdown()
+
+
+def test_postgres_password_file_and_passfile(pg_cluster: PostgresCluster, tmp_path: Path) -> None:
+    """TCP needs the password: from amzguard's password argument, or from libpq's own passfile."""
+    dbname = pg_cluster.new_database()
+    PostgresStore(pg_cluster.socket_url(dbname)).migrate()
+    with_password = PostgresStore(pg_cluster.tcp_url(dbname), password=PASSWORD)
+    assert with_password.opted_out([BUYER]) == frozenset()
+    with_password.shutdown()
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg_cluster.port}:{dbname}:amzguard:{PASSWORD}\n")
+    passfile.chmod(0o600)
+    via_passfile = PostgresStore(pg_cluster.tcp_url(dbname) + f"?passfile={passfile}")
+    assert via_passfile.opted_out([BUYER]) == frozenset()
+    via_passfile.shutdown()
+    wrong = PostgresStore(pg_cluster.tcp_url(dbname), password="not-the-password", connect_timeout=2)
+    with pytest.raises(Exception, match="password authentication failed|no connection to the database"):
+        wrong.check()
+    wrong.shutdown()
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one-statement", "question-by-question"])
+def test_answer_asks_everything_at_once_and_agrees_with_the_single_questions(make: Factory, many: bool) -> None:
+    from amzguard.address import parse_address
+    from amzguard.policy import MessageFacts, StoreQuestions, SubmissionPath
+
+    store = make()
+    store.add([OptOut(BUYER), OptOut("x@marketplace.amazon.fr")])
+    store.record([ReviewSent(ORDER, BUYER), BuyerMessage("<m1@buyer.example>", BUYER)])
+    extra = tuple(f"k{i}@marketplace.amazon.de" for i in range(250)) if many else ()
+    questions = StoreQuestions(buyer_keys=(BUYER, "y@marketplace.amazon.fr", *extra), order_id=ORDER,
+                               message_ids=("<m1@buyer.example>", "<m2@buyer.example>"))  # fmt: skip
+    facts = store.answer(questions, MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP))
+    assert (facts.opted_out, facts.reviewed_orders, facts.thread_senders) == ({BUYER}, {ORDER}, {BUYER})
+    assert facts.opted_out == store.opted_out(questions.buyer_keys)
+    nothing = store.answer(StoreQuestions(order_id="028-0000000-0000000"),
+                           MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP))  # fmt: skip
+    assert (nothing.opted_out, nothing.reviewed_orders, nothing.thread_senders) == (frozenset(),) * 3
