@@ -45,9 +45,11 @@ test: system-test $(STAMP)
 demo: system-demo $(STAMP)
 	$(VENV_PY) -m demo $(if $(filter 1 yes true,$(KEEP)),--keep) $(DEMO_ARGS)
 
-# The long soak (the test suite runs a short one): memory and descriptors of the milter over 10,000 messages.
+# The long soaks (the test suite runs short ones): memory and descriptors of the milter over 10,000 messages;
+# the oracle test with 5,000 seeded spellings per path on Postfix and on Sendmail (docs/testing-oracle.md).
 soak: system-test $(STAMP)
 	SOAK_MESSAGES=$${SOAK_MESSAGES:-10000} $(VENV_PY) -m pytest -s tests/e2e/test_soak.py
+	ORACLE_CASES=$${ORACLE_CASES:-5000} ORACLE_SEED=$${ORACLE_SEED:-1} $(VENV_PY) -m pytest tests/e2e/test_oracle.py tests/e2e/test_oracle_sendmail.py
 
 # Benchmarks, not tests: minutes on a quiet machine; BENCH_ARGS=... goes to `python -m bench` (see --help).
 bench: system-test $(STAMP)

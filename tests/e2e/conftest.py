@@ -25,6 +25,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The oracle test's one line per run (cases per path, what it found), pass or fail."""
+    from tests.e2e.oracle import SUMMARIES
+
+    for line in SUMMARIES:
+        terminalreporter.write_line(line)
+
+
 @dataclass
 class Stack:
     """Postfix plus amzguard, as an admin would wire them (shipped transport map included)."""
