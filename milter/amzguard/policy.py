@@ -594,6 +594,35 @@ class Policy:
                 records.extend(BuyerMessage(own_ids[0], key) for key in reply.buyer_senders(facts))
         return tuple(records)
 
+    def fast_path_possible(self) -> bool:
+        """Whether any message at all can leave the milter at DATA under these settings (``accepts_at_data``).
+
+        Not with the reply channel's thread check: it records the messages buyers send the shop (From:
+        and Message-ID), which are mail without buyer recipients. Not with a tagged channel open to every
+        sender: then any message may carry the secret, and only the end of message deletes it. When this
+        is False, DATA stays a no-reply step on unix sockets (nothing to decide there)."""
+        reply = self._rule(ReplyChannel)
+        if reply is not None and reply.settings.enabled and reply.settings.check is ReplyCheck.THREAD:
+            return False
+        review = self._rule(ReviewChannel)
+        return review is None or not review.settings.enabled or bool(review.settings.allowed_senders)
+
+    def accepts_at_data(self, sender: Address, recipients: Iterable[Recipient]) -> bool:
+        """Whether this message may be accepted at DATA, before its headers: the MTA then sends no header,
+        body or end-of-message events for it (the fast path for ordinary mail, 7 in 10 messages of a shop).
+
+        Only when no recipient still in the envelope is a buyer (every decision is then not-buyer, which
+        reads no header), no rule reads mail without buyers (``fast_path_possible``), the message is no
+        bounce whose body is searched for the review secret (``secret_to_find``), and the sender
+        cannot use a tagged channel: mail that may carry the review secret still goes to the end of
+        message, where the tag is deleted (``stripped_headers``). A tag on other mail is removed by the
+        shipped ``smtp_header_checks`` when it leaves by SMTP (docs/fast-path.md)."""
+        if any(recipient.is_buyer for recipient in recipients) or not self.fast_path_possible():
+            return False
+        if self.secret_to_find(MessageFacts(sender=sender, path=SubmissionPath.UNKNOWN)) is not None:
+            return False  # a bounce: its body is searched for the secret (secret_scan.py)
+        return not any(callable(getattr(rule, "bad_token", None)) and rule.possible(sender) for rule in self.rules)
+
     def wanted_headers(self) -> frozenset[str]:
         """Lower-case names of the header fields the adapter must collect."""
         return frozenset(name for rule in self.rules for name in rule.headers())

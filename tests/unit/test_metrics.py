@@ -69,9 +69,11 @@ def test_no_created_series() -> None:
     metrics = Metrics()
     text = metrics.exposition().decode()
     assert "_created" not in text
-    assert len(text.splitlines()) < 120  # 466 lines before (211 _created, 140 impossible recipient series)
+    # 466 lines before (211 _created, 140 impossible recipient series); the decision histogram's stage=data
+    # (mail accepted at DATA, issue 13) adds 15
+    assert len(text.splitlines()) < 135
     metrics.store_backend("postgresql")  # the store series: one backend's, 39 lines
-    assert len(metrics.exposition().decode().splitlines()) < 160
+    assert len(metrics.exposition().decode().splitlines()) < 175
 
 
 def test_no_created_series_with_debians_prometheus_client_016() -> None:
