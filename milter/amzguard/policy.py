@@ -449,13 +449,15 @@ def possible_decisions(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[tuple[O
     """Every (outcome, reason, channel) that ``Policy.decide`` and ``decide_at_rcpt`` can return.
 
     Read off the decision tree in ``Policy.decide``: a recipient that is no buyer is delivered
-    (not-buyer, no channel); a buyer no rule grants is refused (buyer-mail, no channel); a buyer a rule
+    (not-buyer, no channel); a buyer whose destination or queued spelling is not certain is refused
+    (unresolved-route, no channel); a buyer no rule grants is refused (buyer-mail, no channel); a buyer a rule
     grants is refused with one of that rule's ``vetoes``, or refused as marker-only (nothing left after
     the marker), or delivered, marked or unmarked (channel). So a reason like opted-out appears only with
     the channel that vetoes it. The metrics pre-create exactly these label sets; a property test checks
     that the policy never returns anything else.
     """
-    combos = [(Outcome.DELIVER, Reason.NOT_BUYER, Channel.NONE), (Outcome.REFUSE, Reason.BUYER_MAIL, Channel.NONE)]
+    combos = [(Outcome.DELIVER, Reason.NOT_BUYER, Channel.NONE), (Outcome.REFUSE, Reason.BUYER_MAIL, Channel.NONE),
+              (Outcome.REFUSE, Reason.UNRESOLVED_ROUTE, Channel.NONE)]
     for rule in rules:
         channel = _rule_channel(rule)
         combos += [(Outcome.REFUSE, veto, channel) for veto in rule.vetoes]  # type: ignore[attr-defined]
@@ -505,6 +507,15 @@ class BuyerMessage:
 
 
 StoreRecord = ReviewSent | BuyerMessage
+
+
+def _unmark_unsure(facts: MessageFacts, recipient: Recipient) -> bool:
+    """A marked buyer on the SMTP path whose queued spelling amzguard cannot reproduce (a comment or white
+    space in the RCPT text, see queued.internal_form): unmarking it would add the unmarked copy while a
+    delete that matches nothing leaves the marked one, so it is refused instead (fail closed). The oracle
+    found ``<@a.example:(c)blacklisted-…@amazon.co.uk>`` delivered twice. On the sendmail(1) path no delete
+    is certain and that is documented (docs/recipients.md); behind Sendmail deletes are exact."""
+    return recipient.marked and facts.path is SubmissionPath.SMTP and not recipient.delete_exact
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,7 +660,7 @@ class Policy:
         """The final decision for one recipient at end of message."""
         if not recipient.is_buyer:
             return Decision(recipient, Outcome.DELIVER, Reason.NOT_BUYER)
-        if recipient.unresolved:
+        if recipient.unresolved or _unmark_unsure(facts, recipient):
             return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         for rule in self.rules:
             if rule.grants(facts, recipient):

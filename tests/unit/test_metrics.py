@@ -43,12 +43,12 @@ def test_every_series_exists_at_zero_from_the_start() -> None:
         for path in SubmissionPath:
             assert got[("amzguard_messages_total", frozenset({"result": result, "path": path}.items()))] == 0
     recipient_series = [key for key in got if key[0] == "amzguard_recipients_total"]
-    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 14 x 2.
+    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 15 x 2.
     expected = {
         frozenset({"decision": o.value, "reason": r.value, "channel": c.value, "mode": m.value}.items())
         for (o, r, c) in possible_decisions() for m in Mode
     }  # fmt: skip
-    assert {labels for _, labels in recipient_series} == expected and len(expected) == 28
+    assert {labels for _, labels in recipient_series} == expected and len(expected) == 30
     assert all(got[key] == 0 for key in recipient_series)
     never = frozenset({"decision": "refuse", "reason": "opted-out", "channel": "reply", "mode": "enforce"}.items())
     assert ("amzguard_recipients_total", never) not in got  # only the review channel vetoes opt-outs

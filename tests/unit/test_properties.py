@@ -164,7 +164,10 @@ recipient_text = st.one_of(
 sender_text = st.one_of(any_text, st.sampled_from(["<>", "review@shop.test", "shop@shop.test", "REVIEW@Shop.Test"]))
 
 
-@FAST
+# Most drawn messages have a buyer or a review sender and are filtered out by assume(): more examples, no
+# filter health check (it failed one run in three), and derandomised so every run checks the same ones.
+@settings(max_examples=800, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # fmt: skip
 @given(sender_text, st.lists(recipient_text, min_size=1, max_size=4),
        st.lists(st.tuples(st.sampled_from(["Subject", "X-Amzguard-Channel", "In-Reply-To", "From"]), any_text),
                 max_size=4),
