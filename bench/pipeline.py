@@ -2,8 +2,10 @@
 
 Pipeline: ``smtp-source`` (the shop) -> a throwaway Postfix per setup -> ``smtp-sink`` (the internet).
 Setups: Postfix alone (the pipeline's limit), Postfix with a do-nothing pymilter milter (the framework
-floor) and with amzguard, each milter over a unix socket and over ``inet:``, and Postfix with the
-``error:`` transport-map recipe an admin would use instead of a milter.
+floor) and with amzguard, each milter over a unix socket and over ``inet:``, a do-nothing C libmilter
+milter negotiated like amzguard (bench/noop_milter.c, built in the run: what any libmilter milter can
+reach on this machine), and Postfix with the ``error:`` transport-map recipe an admin would use instead
+of a milter.
 
 Every setup runs all the time; the measured runs are interleaved (setup order rotated each round) so
 that drift on a shared machine spreads over all setups, and each figure is the median of the rounds.
@@ -31,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,8 +91,12 @@ class CountingSink(Sink):
 class BenchPostfix(PostfixInstance):
     """The e2e harness's Postfix, with a counting sink and settings for many parallel sessions."""
 
-    def __init__(self, workdir: Path, milter: str | None = None, transport_maps: str | None = None) -> None:
-        super().__init__(workdir, milter=milter, transport_maps=transport_maps, extra_main_cf=BENCH_MAIN_CF)
+    def __init__(
+        self, workdir: Path, milter: str | None = None, transport_maps: str | None = None,
+        main_cf: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(workdir, milter=milter, transport_maps=transport_maps,
+                         extra_main_cf={**BENCH_MAIN_CF, **(main_cf or {})})  # fmt: skip
         self.sink = CountingSink(self.workdir / "sink")
 
     def queue_empty(self) -> bool:
@@ -109,6 +115,34 @@ class NoopMilterProcess(MilterProcess):
         return [sys.executable, str(REPO / "bench" / "noop_milter.py"), self.socket]
 
 
+C_MILTER_SOURCE = REPO / "bench" / "noop_milter.c"
+CC = "gcc"
+
+
+def build_c_milter(directory: Path) -> Path:
+    """Compile bench/noop_milter.c against the system's libmilter (libmilter-dev, as ``make test`` installs)."""
+    binary = directory / "noop_milter_c"
+    command = [CC, "-O2", "-Wall", "-o", str(binary), str(C_MILTER_SOURCE), "-lmilter", "-pthread"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except OSError as exc:
+        raise BenchError(f"cannot build the C reference milter: {exc}") from None
+    if done.returncode != 0:
+        raise BenchError(f"cannot build the C reference milter ({' '.join(command)}):\n{done.stderr[-2000:]}")
+    return binary
+
+
+class CMilterProcess(MilterProcess):
+    """The C reference milter in a child process, started and stopped like amzguard."""
+
+    def __init__(self, binary: Path, socket: str, log: Path) -> None:
+        super().__init__(binary.with_suffix(".unused"), socket, log, group="postfix")
+        self.binary = binary
+
+    def command(self) -> list[str]:
+        return [str(self.binary), self.socket]
+
+
 # --------------------------------------------------------------------------- setups
 
 
@@ -118,13 +152,17 @@ class Setup:
     label: str
     filter: Filter
     milter: str | None = None
-    """"noop" or "amzguard"."""
+    """"noop" (pymilter), "noop-c" (C libmilter) or "amzguard"."""
     socket: str | None = None
     """"unix" or "inet"."""
     store: str = "sqlite"
     """amzguard's store: "sqlite" (a file beside the config) or "postgresql" (a throwaway cluster)."""
     content: bool = True
     """amzguard's content rules at their defaults (True) or all off."""
+    pythonpath: str | None = None
+    """For a baseline amzguard: the directory its ``amzguard`` package is imported from (``--baseline``)."""
+    main_cf: tuple[tuple[str, str], ...] = ()
+    """main.cf settings of this setup's Postfix on top of the benchmark's."""
 
 
 SETUPS: tuple[Setup, ...] = (
@@ -133,14 +171,26 @@ SETUPS: tuple[Setup, ...] = (
     Setup("noop-inet", "no-op pymilter, inet:", Filter.NONE, "noop", "inet"),
     Setup("amzguard-unix", "amzguard, unix:", Filter.AMZGUARD, "amzguard", "unix"),
     Setup("amzguard-inet", "amzguard, inet:", Filter.AMZGUARD, "amzguard", "inet"),
+    Setup("noop-c-unix", "no-op C libmilter, unix:", Filter.NONE, "noop-c", "unix"),
     Setup("amzguard-pg", "amzguard, PostgreSQL", Filter.AMZGUARD, "amzguard", "unix", "postgresql"),
     Setup("amzguard-nocontent", "amzguard, no content", Filter.AMZGUARD, "amzguard", "unix", content=False),
     Setup("error-transport", "error: transport map", Filter.ERROR_TRANSPORT),
 )
+FEW_MACROS = (
+    ("milter_connect_macros", "v"), ("milter_helo_macros", ""), ("milter_mail_macros", ""),
+    ("milter_rcpt_macros", "i {rcpt_addr}"), ("milter_data_macros", "i"), ("milter_end_of_header_macros", ""),
+    ("milter_end_of_data_macros", "i"), ("milter_unknown_command_macros", ""),
+)  # fmt: skip
+"""Only the macros amzguard reads (``v`` at connect: which MTA it is; the queue id for its log lines;
+``{rcpt_addr}`` at RCPT); Postfix still sends a macro packet for every step, only shorter."""
+OPTIONAL_SETUPS: tuple[Setup, ...] = (
+    Setup("amzguard-unix-macros", "amzguard, few macros", Filter.AMZGUARD, "amzguard", "unix",
+          main_cf=FEW_MACROS),  # fmt: skip
+)
+"""Run only when named in --setups: measurements of one change, not part of the standard table."""
 SETUP_NAMES = tuple(setup.name for setup in SETUPS)
-BASELINE = Setup("amzguard-baseline", "amzguard, baseline", Filter.AMZGUARD, "amzguard", "unix")
-"""amzguard run from another source tree (``--baseline-src``, e.g. a checkout of main): what a change costs."""
-BASELINE_SRC: Path | None = None
+BASELINE = Setup("baseline-unix", "amzguard baseline, unix:", Filter.AMZGUARD, "amzguard", "unix")
+"""Another amzguard version in the same run (``--baseline DIR``), to measure what a change bought."""
 
 
 @dataclass
@@ -177,8 +227,10 @@ def _start_milter(setup: Setup, workdir: Path) -> tuple[MilterProcess, str]:
             if setup.store == "postgresql":
                 sections["store"] = {"url": _database()}
             config = write_config(workdir / "amzguard.yml", libmilter_spec, **sections)
-            env = {"PYTHONPATH": str(BASELINE_SRC)} if setup is BASELINE and BASELINE_SRC else None
+            env = {"PYTHONPATH": setup.pythonpath} if setup.pythonpath else None
             process = MilterProcess(config, libmilter_spec, log, group="postfix", env=env)
+        elif setup.milter == "noop-c":
+            process = CMilterProcess(build_c_milter(workdir), libmilter_spec, log)
         else:
             process = NoopMilterProcess(workdir / "unused.yml", libmilter_spec, log, group="postfix")
         try:
@@ -221,7 +273,8 @@ def start_target(setup: Setup, base: Path) -> Target:
             table.write_text(traffic.ERROR_TRANSPORT_REGEXP)
             transport_maps = f"regexp:{table}"
         (workdir / "postfix").mkdir(mode=0o755)
-        postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps)
+        postfix = BenchPostfix(workdir / "postfix", milter=milter_spec, transport_maps=transport_maps,
+                               main_cf=dict(setup.main_cf))  # fmt: skip
         postfix.start()
     except BaseException:
         if milter is not None:
@@ -531,44 +584,41 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
         "accepted/s: messages answered by Postfix (queued or refused) per second of sending;",
         "delivered/s: the same messages per second until the last one that may leave reached the sink.",
         f"no-op milter: {negotiated_steps()}.",
-        "amzguard: HELO, end-of-headers, unknown negotiated away; connect, MAIL and headers no-reply; body read",
-        "  only for messages a channel grants to a buyer (others answer the first body chunk with SKIP);",
-        "  'no content': the same amzguard with every content rule off;",
-        "  DATA no-reply on unix only (over TCP an unanswered DATA stalls the next packet ~40 ms); only the",
-        "  actions it uses (add/delete recipient, change header).",
+        "no-op C libmilter (bench/noop_milter.c): negotiated like amzguard below, returns CONTINUE (SKIP for",
+        "  the body) everywhere, so every message gets its header fields and end of message.",
+        "amzguard: HELO, end-of-headers, unknown negotiated away; connect, MAIL and headers no-reply; RCPT and",
+        "  DATA answered; body read only for messages a channel grants to a buyer (others answer the first",
+        "  body chunk with SKIP); 'no content': the same amzguard with every content rule off; only the actions",
+        "  it uses (add/delete recipient, change header). Mail without buyer recipients from a sender that may",
+        "  use no tagged channel is accepted at DATA: no header, body or end-of-message events for it.",
     ]
     for sessions in results.sessions:
         for metric, title in METRICS:
-            base = results.median("postfix", sessions, metric) if "postfix" in names else None
-            noop = {
-                kind: results.median(f"noop-{kind}", sessions, metric) if f"noop-{kind}" in names else None
-                for kind in ("unix", "inet")
-            }
+            references = {name: _median_or_none(results, names, name, sessions, metric) for name, _ in REFERENCES}
             lines.append("")
             lines.append(f"sessions={sessions}  {title} messages/s")
             lines.append(
-                f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no milter':>10}"
-                f" {'/no-op unix':>11} {'/no-op inet':>11}"
+                f"  {'setup':<24} {'median':>8} {'min-max':>15}  "
+                + " ".join(f"{heading:>11}" for _, heading in REFERENCES)
             )
             for setup in setups:
                 value = results.median(setup.name, sessions, metric)
                 low, high = results.spread(setup.name, sessions, metric)
-                lines.append(
-                    f"  {setup.label:<24} {value:8.1f} {f'{low:.0f}-{high:.0f}':>15}  {_ratio(value, base):>10}"
-                    f" {_ratio(value, noop['unix']):>11} {_ratio(value, noop['inet']):>11}"
-                )
+                ratios = " ".join(f"{_ratio(value, references[name]):>11}" for name, _ in REFERENCES)
+                lines.append(f"  {setup.label:<24} {value:8.1f} {f'{low:.0f}-{high:.0f}':>15}  {ratios}")
         milters = [setup for setup in setups if setup.milter]
         if milters:
+            c_cpu = _median_or_none(results, names, "noop-c-unix", sessions, "milter_cpu_ms")
             lines.append("")
             lines.append(f"sessions={sessions}  milter CPU ms per message (user + system, all threads)")
-            lines.append(f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no-op same socket':>18}")
+            lines.append(f"  {'setup':<24} {'median':>8} {'min-max':>15}  {'/no-op same socket':>18} {'/C unix':>8}")
             for setup in milters:
                 value = results.median(setup.name, sessions, "milter_cpu_ms")
                 low, high = results.spread(setup.name, sessions, "milter_cpu_ms")
-                reference = f"noop-{setup.socket}"
-                noop_cpu = results.median(reference, sessions, "milter_cpu_ms") if reference in names else None
+                noop_cpu = _median_or_none(results, names, f"noop-{setup.socket}", sessions, "milter_cpu_ms")
                 lines.append(
                     f"  {setup.label:<24} {value:8.3f} {f'{low:.3f}-{high:.3f}':>15}  {_ratio(value, noop_cpu):>18}"
+                    f" {_ratio(value, c_cpu):>8}"
                 )
     if results.review_ms:
         lines.append("")
@@ -578,22 +628,46 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
             label = next(setup.label for setup in setups if setup.name == name)
             lines.append(f"  {label:<28} {len(values):>6} {_percentile(values, 0.5):7.2f} {_percentile(values, 0.99):7.2f}")
     lines.append("")
-    lines.append("targets (amzguard vs the no-op milter on the same socket >= 0.95, vs no milter >= 0.80):")
+    lines.extend(target_lines(results, names))
+    return "\n".join(lines)
+
+
+REFERENCES = (("postfix", "/no milter"), ("noop-unix", "/no-op unix"), ("noop-inet", "/no-op inet"),
+              ("noop-c-unix", "/C unix"))  # fmt: skip
+"""The setups every rate is divided by, and their column headings."""
+
+TARGETS = (
+    # (setup, metric, reference, at least / at most, bound)
+    ("amzguard-unix", "milter_cpu_ms", "noop-unix", "<=", 0.5),
+    ("amzguard-inet", "milter_cpu_ms", "noop-inet", "<=", 0.5),
+    ("amzguard-unix", "accepted_per_s", "postfix", ">=", 0.80),
+    ("amzguard-unix", "delivered_per_s", "postfix", ">=", 0.80),
+    ("amzguard-unix", "accepted_per_s", "noop-c-unix", ">=", 1.0),
+    ("amzguard-unix", "delivered_per_s", "noop-c-unix", ">=", 1.0),
+    ("amzguard-inet", "accepted_per_s", "postfix", ">=", 0.80),
+    ("amzguard-inet", "delivered_per_s", "postfix", ">=", 0.80),
+)
+"""Issue 13's targets: CPU per message at most half the no-op pymilter's; rates at least 0.80 of Postfix
+alone and at least the C reference's (unix:; over inet: only the share of Postfix alone is a target)."""
+
+
+def _median_or_none(results: Results, names: Sequence[str], name: str, sessions: int, metric: str) -> float | None:
+    return results.median(name, sessions, metric) if name in names else None
+
+
+def target_lines(results: Results, names: Sequence[str]) -> list[str]:
+    lines = ["targets (medians of this run; ok or MISSED):"]
     for sessions in results.sessions:
-        for kind in ("unix", "inet"):
-            name = f"amzguard-{kind}"
-            if name not in names:
+        for setup, metric, reference, relation, bound in TARGETS:
+            if setup not in names or reference not in names:
                 continue
-            for metric, title in METRICS:
-                value = results.median(name, sessions, metric)
-                parts = []
-                if f"noop-{kind}" in names:
-                    ratio = value / results.median(f"noop-{kind}", sessions, metric)
-                    parts.append(f"/no-op {ratio:.2f} {'ok' if ratio >= 0.95 else 'MISSED'}")
-                if "postfix" in names:
-                    ratio = value / results.median("postfix", sessions, metric)
-                    parts.append(f"/no milter {ratio:.2f} {'ok' if ratio >= 0.80 else 'MISSED'}")
-                lines.append(f"  s={sessions:<3} {name:<14} {title:<9} " + ", ".join(parts))
+            ratio = results.median(setup, sessions, metric) / results.median(reference, sessions, metric)
+            met = ratio <= bound if relation == "<=" else ratio >= bound
+            what = "CPU/msg" if metric == "milter_cpu_ms" else metric.split("_")[0]
+            lines.append(
+                f"  s={sessions:<3} {setup:<14} {what:<9} / {reference:<12} {ratio:5.2f} {relation} {bound:.2f}"
+                f"  {'ok' if met else 'MISSED'}"
+            )
     lite, pg = results.review_ms.get("amzguard-unix"), results.review_ms.get("amzguard-pg")
     if lite and pg:
         for fraction, word in ((0.5, "p50"), (0.99, "p99")):
@@ -601,7 +675,17 @@ def format_report(results: Results, setups: Sequence[Setup], smoke: bool = False
             ratio = _percentile(pg, fraction) / _percentile(lite, fraction)
             lines.append(f"  review request {word}: PostgreSQL - SQLite {extra:+.2f} ms (ratio {ratio:.2f}), target <= +2 ms "
                          f"{'ok' if extra <= 2.0 else 'MISSED'}")  # fmt: skip
-    return "\n".join(lines)
+    comparisons = (("amzguard-unix", BASELINE.name, "amzguard, unix: / the baseline amzguard, unix:"),
+                   ("amzguard-unix-macros", "amzguard-unix", "few macros / all of Postfix's default macros"))  # fmt: skip
+    for changed, before, title in comparisons:
+        if changed not in names or before not in names:
+            continue
+        lines.append(f"what the change bought ({title}):")
+        for sessions in results.sessions:
+            parts = [f"{what} {results.median(changed, sessions, metric) / results.median(before, sessions, metric):.2f}"
+                     for metric, what in (("milter_cpu_ms", "CPU/msg"), *METRICS)]  # fmt: skip
+            lines.append(f"  s={sessions:<3} " + ", ".join(parts))
+    return lines
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -642,16 +726,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per figure (default 5)")
     parser.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
     parser.add_argument("--sessions", default="10,50", help="smtp-source sessions, comma-separated")
-    parser.add_argument("--setups", default=",".join(SETUP_NAMES), help=f"subset of {','.join(SETUP_NAMES)}")
+    parser.add_argument("--setups", default=",".join(SETUP_NAMES),
+                        help=f"subset of {','.join(SETUP_NAMES)}; also {','.join(s.name for s in OPTIONAL_SETUPS)}")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured messages per setup first (default 200)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp"), help="where the instances live (default /tmp)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the amzguard package found in DIR (e.g. `git archive main milter | tar -x -C DIR`"
+                        " then DIR/milter) over unix:, as the setup baseline-unix")
     parser.add_argument("--json", type=Path, help="also write medians and every sample as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the instances' directories (logs) afterwards")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress on stderr")
     parser.add_argument("--smoke", action="store_true", help="a few messages, one round (checks the bench works)")
-    parser.add_argument("--baseline-src", type=Path, metavar="DIR",
-                        help="also run amzguard from DIR (the milter/ folder of another checkout, e.g. main's)")  # fmt: skip
     parser.add_argument("--mix", choices=sorted(traffic.MIXES), default="standard",
                         help="standard (mostly order mail) or review (mostly review requests the content rules read)")  # fmt: skip
     return parser
@@ -666,15 +752,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds, args.messages, args.warmup = 1, 20, 0
     traffic.select_mix(args.mix)
     wanted = [name.strip() for name in args.setups.split(",") if name.strip()]
-    unknown = set(wanted) - set(SETUP_NAMES)
+    known = SETUP_NAMES + tuple(setup.name for setup in OPTIONAL_SETUPS)
+    unknown = set(wanted) - set(known)
     if unknown:
-        print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(SETUP_NAMES)}", file=sys.stderr)
+        print(f"bench.pipeline: unknown setup(s) {sorted(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    setups = [setup for setup in SETUPS if setup.name in wanted]
-    if args.baseline_src:
-        global BASELINE_SRC
-        BASELINE_SRC = args.baseline_src.resolve()
-        setups.append(BASELINE)
+    setups = [setup for setup in (*SETUPS, *OPTIONAL_SETUPS) if setup.name in wanted]
+    if args.baseline:
+        if not (args.baseline / "amzguard" / "__init__.py").is_file():
+            print(f"bench.pipeline: no amzguard package in {args.baseline}", file=sys.stderr)
+            return 2
+        setups.append(replace(BASELINE, pythonpath=str(args.baseline.resolve())))
     sessions = [int(value) for value in args.sessions.split(",")]
     try:
         results = run_benchmark(

@@ -214,6 +214,8 @@ class AmzguardMilter(Milter.Base):
         self._warned_macros = False
         self.failed_stage: str | None = None
         self.message_open = False
+        self.accept_at_data = False
+        """Whether this connection may accept mail at DATA (set in negotiate from the snapshot's policy)."""
         self._reset_message()
         self.metrics.connection_opened()
 
@@ -226,11 +228,15 @@ class AmzguardMilter(Milter.Base):
         if not self.snapshot.policy.wants_body_step():
             # Only review requests are read (for their order id); without that channel, no body at all.
             self._protocol |= self._offered_protocol & Milter.P_NOBODY
-            opts[1] = self._protocol
-        if not self.data_without_reply:
-            # data() is @Milter.noreply; without the flag it returns CONTINUE, which answers the step.
-            opts[1] &= ~Milter.P_NR_DATA
-            self._protocol = opts[1]
+        # DATA must answer to accept mail without buyers there (the MTA then sends no headers, body or
+        # end of message for it); it also answers over TCP (see Runtime.data_without_reply). Only on a
+        # unix socket with no fast path possible is it a no-reply step.
+        self.accept_at_data = self.snapshot.policy.fast_path_possible()
+        if self.data_without_reply and not self.accept_at_data:
+            self._protocol |= self._offered_protocol & Milter.P_NR_DATA
+        else:
+            self._protocol &= ~Milter.P_NR_DATA
+        opts[1] = self._protocol
         return result
 
     # -- per-message state -------------------------------------------------------------------------
@@ -376,11 +382,31 @@ class AmzguardMilter(Milter.Base):
         # A tempfail at RCPT is only legal for smtpd; otherwise answer at end of message.
         return self.error_reply() if self.path is SubmissionPath.SMTP else Milter.CONTINUE
 
-    @Milter.noreply
-    @guarded(MilterStage.DATA, replies=False)
     def data(self) -> int:
-        # Defined so that Postfix gets an answer at DATA instead of waiting on a delayed ACK over inet:.
-        return Milter.CONTINUE
+        """Accept mail without buyers here (``Policy.accepts_at_data``); everything else goes on to the
+        headers. Not ``@Milter.noreply``: whether DATA answers is negotiated per connection (negotiate)."""
+        reply = self._data()
+        if reply == Milter.CONTINUE and self._protocol & Milter.P_NR_DATA:
+            return Milter.NOREPLY
+        return reply
+
+    @guarded(MilterStage.DATA, replies=False)
+    def _data(self) -> int:
+        # Only behind Postfix: a tag on mail accepted here is not deleted by amzguard, and what removes it
+        # from mail leaving by SMTP instead is Postfix's smtp_header_checks (docs/fast-path.md). Sendmail
+        # has no such shipped setting, and an MTA that did not say which it is may be a Sendmail.
+        if not self.accept_at_data or self.failed_stage or self.mta is not Mta.POSTFIX:
+            return Milter.CONTINUE
+        policy = self.snapshot.policy
+        if not policy.accepts_at_data(self.sender, self.trx.recipients):
+            return Milter.CONTINUE
+        with self.metrics.deciding(DecisionStage.DATA):
+            # Every recipient is no buyer: the decision reads no header (one line each, as at eom).
+            facts = MessageFacts(sender=self.sender, path=self.path)
+            for recipient in self.trx.recipients:
+                self._log_decision(policy.decide(facts, recipient), "data")
+            self._finish_message(MessageResult.ACCEPTED)
+        return Milter.ACCEPT
 
     @Milter.noreply
     def header(self, name: str, value: str) -> int:

@@ -274,6 +274,11 @@ def configure_logging(level: str, fd: int = 2, *, replace: bool = False, **targe
     for old in ours:
         root.removeHandler(old)
         old.close()
+    # No record reads its thread or multiprocessing name. Finding the thread name costs most on libmilter's
+    # threads: a thread Python did not start gets a threading._DummyThread built at its first record
+    # (~14 us), and libmilter starts one per MTA connection, so once per message in practice.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = make_handler(fd=fd, **target)  # type: ignore[arg-type]
     handler.amzguard = True  # type: ignore[attr-defined]
     root.addHandler(handler)

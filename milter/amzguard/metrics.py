@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .content import REMOVABLE_RULES, ContentAction, ContentRule, Finding
 from .store import BACKENDS, SOURCES, Store, StoreError
-from .policy import Channel, Decision, Mode, SubmissionPath, possible_decisions, tagged_channels
+from .policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath, possible_decisions, tagged_channels
 
 if hasattr(prometheus_client, "disable_created_metrics"):
     prometheus_client.disable_created_metrics()
@@ -94,9 +94,12 @@ class StoreOperation(StrEnum):
 
 
 class DecisionStage(StrEnum):
-    """Where a recipient decision is taken: at RCPT TO when certain early, else at end of message."""
+    """Where a recipient decision is taken: at RCPT TO when certain early, at DATA for mail without buyers,
+    else at end of message."""
 
     RCPT = "rcpt"
+    DATA = "data"
+    """Mail without buyer recipients, accepted at DATA before its headers (``Policy.accepts_at_data``)."""
     EOM = "eom"
 
 
@@ -252,8 +255,9 @@ class Metrics:
                     self.content_findings.labels(rule.value, action.value)
         for stage in MilterStage:
             self.errors.labels(stage.value)
-        for stage in DecisionStage:
-            self.decision_seconds.labels(stage.value)
+        self._decision_series = {stage: self.decision_seconds.labels(stage.value) for stage in DecisionStage}
+        self._message_series: dict[tuple[MessageResult, SubmissionPath], Any] = {}
+        self._recipient_series: dict[tuple[Outcome, Reason, Channel, Mode], Any] = {}
         for result in ReloadResult:
             self.reloads.labels(result.value)
         for mode in Mode:
@@ -261,11 +265,25 @@ class Metrics:
 
     # -- events ------------------------------------------------------------------------------------
 
+    # The per-message series are looked up in dicts of their own: prometheus_client's labels() takes a
+    # lock and builds the label tuple each time (3.1 us per count against 1.6 us, measured; about four
+    # counts and one timing per message, on libmilter's threads that compete for the GIL).
+
     def message(self, result: MessageResult, path: SubmissionPath) -> None:
-        self.messages.labels(result.value, path.value).inc()
+        key = (result, path)
+        child = self._message_series.get(key)
+        if child is None:
+            child = self._message_series[key] = self.messages.labels(result.value, path.value)
+        child.inc()
 
     def recipient(self, decision: Decision, mode: Mode) -> None:
-        self.recipients.labels(decision.outcome.value, decision.reason.value, decision.channel.value, mode.value).inc()
+        key = (decision.outcome, decision.reason, decision.channel, mode)
+        child = self._recipient_series.get(key)
+        if child is None:
+            child = self._recipient_series[key] = self.recipients.labels(
+                decision.outcome.value, decision.reason.value, decision.channel.value, mode.value
+            )
+        child.inc()
 
     def content_finding(self, finding: Finding) -> None:
         self.content_findings.labels(finding.rule.value, finding.action.value).inc()
@@ -311,7 +329,7 @@ class Metrics:
         try:
             yield
         finally:
-            self.decision_seconds.labels(stage.value).observe(time.perf_counter() - started)
+            self._decision_series[stage].observe(time.perf_counter() - started)
 
     def connection_opened(self) -> None:
         self.connections.inc()

@@ -90,13 +90,16 @@ def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path
     for title in rates:
         assert [row[0] for row in tables[title]] == [setup.label for setup in SETUPS], title
         for label, figures in tables[title]:
-            # median, min, max, then the ratios to no milter and to both no-op milters
-            assert len(figures) == 6 and all(value > 0 for value in figures), (title, label, figures)
+            # median, min, max, then the ratios to no milter, both no-op pymilters and the C reference
+            assert len(figures) == 7 and all(value > 0 for value in figures), (title, label, figures)
     for title in cpu:
         assert [row[0] for row in tables[title]] == [setup.label for setup in SETUPS if setup.milter], title
         for label, figures in tables[title]:
-            # median, min, max, ratio to the no-op milter on the same socket
-            assert len(figures) == 4 and all(value > 0 for value in figures), (title, label, figures)
+            # median, min, max, ratios to the no-op pymilter on the same socket and to the C reference
+            assert len(figures) == 5 and all(value > 0 for value in figures), (title, label, figures)
+    after = report.split("targets (medians of this run; ok or MISSED):")[1].splitlines()
+    targets = [line for line in after if line.startswith("  s=")]
+    assert len(targets) == 16 and all(line.endswith((" ok", " MISSED")) for line in targets), targets
     assert "cores" in report and "mix" in report
     # Review requests one at a time, SQLite and PostgreSQL, and the difference against the +2 ms target.
     assert sorted(data["review_ms"]) == ["amzguard-pg", "amzguard-unix"]

@@ -179,14 +179,20 @@ class FakeMta:
         base_headers: tuple[tuple[str, str], ...] = BASE_HEADERS,
         version: str | None = POSTFIX_VERSION,
     ) -> tuple[dict[str, Reply | None], list[Reply]]:
-        """A whole transaction; returns the RCPT replies and the end-of-message replies."""
+        """A whole transaction; returns the RCPT replies and the end-of-message replies (the DATA reply
+        alone when the milter accepted the message at DATA)."""
         self.connect(peer, version)
         self.mail(sender)
         rcpt_replies = {r: self.rcpt(r) for r in recipients}
         accepted = [r for r, reply in rcpt_replies.items() if reply is None or reply.command == c.SMFIR_CONTINUE]
         if not accepted:
             return rcpt_replies, []
-        self.data()
+        if queue_id is not None:
+            self.macros(c.SMFIC_DATA, i=queue_id)  # Postfix's milter_data_macros: i
+        data_reply = self.data()
+        if data_reply is not None and data_reply.command == c.SMFIR_ACCEPT:
+            # Accepted at DATA: as Postfix does, no header, body or end of message for this message.
+            return rcpt_replies, [data_reply]
         # libmilter ignores end-of-message straight after DATA; a real MTA always sends some header fields.
         for name, value in [*base_headers, *headers]:
             self.header(name, value)

@@ -267,3 +267,25 @@ def test_every_review_tag_is_bad_without_a_secret() -> None:
 def test_refusal_text_keeps_printable_ascii_and_replaces_everything_else(reply_text: str) -> None:
     expected = "".join(c if " " <= c <= "~" and c != "%" else "?" for c in reply_text)[:900]
     assert refusal_text(reply_text, []) == expected
+
+
+# A marked buyer whose queued spelling amzguard cannot reproduce on the SMTP path (found by the oracle's long
+# run: `<@a.example:(c)blacklisted-…@amazon.co.uk>` reached the buyer unmarked *and* its marked copy stayed,
+# because the delete named a text cleanup never matched). Refused whole instead (fail closed).
+@pytest.mark.parametrize("raw", ["<@a.example:(c)blacklisted-40417@amazon.fr>", "<blacklisted-40417 @amazon.fr>"])
+def test_marked_buyer_whose_delete_is_not_certain_is_refused_not_unmarked(raw: str) -> None:
+    policy = make_policy()
+    message = policy.read_order_id(facts([TAG, ("Subject", "Your review of order 028-1234567-1234567")]))
+    recipient = rcpt(raw)
+    assert recipient.marked and not recipient.delete_exact
+    decision = policy.decide(message, recipient)
+    assert (decision.outcome, decision.reason) == (Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
+    plan = policy.plan(message, (decision, policy.decide(message, rcpt("<owner@shop.test>"))), {})
+    assert plan.reject is not None  # the delete is not certain, so the message is refused whole
+
+
+def test_marked_buyer_with_a_plain_spelling_is_still_unmarked() -> None:
+    policy = make_policy()
+    message = policy.read_order_id(facts([TAG, ("Subject", "Your review of order 028-1234567-1234567")]))
+    decision = policy.decide(message, rcpt("<@a.example:blacklisted-40417@amazon.fr>"))
+    assert decision.outcome is Outcome.DELIVER_UNMARKED

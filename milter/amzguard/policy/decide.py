@@ -25,10 +25,25 @@ from .model import (
     Outcome,
     PolicySettings,
     Reason,
+    ReplyCheck,
     StoreQuestions,
     StoreRecord,
     SubmissionPath,
 )
+
+
+def _unmark_unsure(facts: MessageFacts, recipient: Recipient) -> bool:
+    """A marked buyer on the SMTP path whose queued spelling amzguard cannot reproduce (a comment or white
+    space in the RCPT text, see queued.internal_form): unmarking it would add the unmarked copy while a
+    delete that matches nothing leaves the marked one, so it is refused instead (fail closed). The oracle
+    found ``<@a.example:(c)blacklisted-…@amazon.co.uk>`` delivered twice. On the sendmail(1) path no delete
+    is certain and that is documented (docs/recipients.md); behind Sendmail deletes are exact."""
+    return recipient.marked and facts.path is SubmissionPath.SMTP and not recipient.delete_exact
+
+
+def _tagged(rule: object) -> bool:
+    """The rule recognises its mail by a secret: it overrides ``ChannelBase.bad_token``."""
+    return getattr(type(rule), "bad_token", None) is not ChannelBase.bad_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,36 @@ class Policy:
     def uses_store(self) -> bool:
         return any(rule.uses_store() for rule in self.rules)
 
+    def fast_path_possible(self) -> bool:
+        """Whether any message at all can leave the milter at DATA under these settings (``accepts_at_data``).
+
+        Not with the reply channel's thread check: it records the messages buyers send the shop (From:
+        and Message-ID), which are mail without buyer recipients. Not with a tagged channel open to every
+        sender: then any message may carry the secret, and only the end of message deletes it. When this
+        is False, DATA stays a no-reply step on unix sockets (nothing to decide there)."""
+        for rule in self.rules:
+            if isinstance(rule, ReplyChannel) and rule.settings.enabled and rule.settings.check is ReplyCheck.THREAD:
+                return False
+            if isinstance(rule, ReviewChannel) and rule.settings.enabled and not rule.settings.allowed_senders:
+                return False
+        return True
+
+    def accepts_at_data(self, sender: Address, recipients: Iterable[Recipient]) -> bool:
+        """Whether this message may be accepted at DATA, before its headers: the MTA then sends no header,
+        body or end-of-message events for it (the fast path for ordinary mail, 7 in 10 messages of a shop).
+
+        Only when no recipient still in the envelope is a buyer (every decision is then not-buyer, which
+        reads no header), no rule reads mail without buyers (``fast_path_possible``), the message is no
+        bounce whose body is searched for the review secret (``secret_to_find``), and the sender
+        cannot use a tagged channel: mail that may carry the review secret still goes to the end of
+        message, where the tag is deleted (``stripped_headers``). A tag on other mail is removed by the
+        shipped ``smtp_header_checks`` when it leaves by SMTP (docs/fast-path.md)."""
+        if any(recipient.is_buyer for recipient in recipients) or not self.fast_path_possible():
+            return False
+        if self.secret_to_find(MessageFacts(sender=sender, path=SubmissionPath.UNKNOWN)) is not None:
+            return False  # a bounce: its body is searched for the secret (secret_scan.py)
+        return not any(_tagged(rule) and rule.possible(sender) for rule in self.rules)
+
     def wanted_headers(self) -> frozenset[str]:
         """Lower-case names of the header fields the adapter must collect (the content rules' too, which
         only matter for messages to buyers: see ``channel_headers``)."""
@@ -133,7 +178,7 @@ class Policy:
         """The final decision for one recipient at end of message (content rules: transaction.py)."""
         if not recipient.is_buyer:
             return Decision(recipient, Outcome.DELIVER, Reason.NOT_BUYER)
-        if recipient.unresolved:
+        if recipient.unresolved or _unmark_unsure(facts, recipient):
             return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         for rule in self.rules:
             if rule.grants(facts, recipient):
@@ -177,7 +222,8 @@ def possible_decisions(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[tuple[O
     content rules after them (transaction.py).
 
     Read off the decision tree in ``Policy.decide``: a recipient that is no buyer is delivered
-    (not-buyer, no channel); a buyer no rule grants is refused (buyer-mail, no channel); a buyer a rule
+    (not-buyer, no channel); a buyer whose destination or queued spelling is not certain is refused
+    (unresolved-route, no channel); a buyer no rule grants is refused (buyer-mail, no channel); a buyer a rule
     grants is refused with one of that rule's ``vetoes``, or refused as marker-only (nothing left after
     the marker), or delivered, marked or unmarked (channel). A granted buyer the content rules refuse is
     refused with reason content, or no-order-id when missing-order-id is the only refusing finding (that
@@ -185,7 +231,8 @@ def possible_decisions(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[tuple[O
     the channel that vetoes it. The metrics pre-create exactly these label sets; a property test checks
     that the policy never returns anything else.
     """
-    combos = [(Outcome.DELIVER, Reason.NOT_BUYER, Channel.NONE), (Outcome.REFUSE, Reason.BUYER_MAIL, Channel.NONE)]
+    combos = [(Outcome.DELIVER, Reason.NOT_BUYER, Channel.NONE), (Outcome.REFUSE, Reason.BUYER_MAIL, Channel.NONE),
+              (Outcome.REFUSE, Reason.UNRESOLVED_ROUTE, Channel.NONE)]
     for rule in rules:
         channel = _rule_channel(rule)
         combos += [(Outcome.REFUSE, veto, channel) for veto in rule.vetoes]  # type: ignore[attr-defined]
