@@ -41,9 +41,9 @@ def _unmark_unsure(facts: MessageFacts, recipient: Recipient) -> bool:
     return recipient.marked and facts.path is SubmissionPath.SMTP and not recipient.delete_exact
 
 
-def _tagged(rule: object) -> bool:
+def _tagged(rule_class: type) -> bool:
     """The rule recognises its mail by a secret: it overrides ``ChannelBase.bad_token``."""
-    return getattr(type(rule), "bad_token", None) is not ChannelBase.bad_token
+    return getattr(rule_class, "bad_token", None) is not ChannelBase.bad_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,7 @@ class Policy:
             return False
         if self.secret_to_find(MessageFacts(sender=sender, path=SubmissionPath.UNKNOWN)) is not None:
             return False  # a bounce: its body is searched for the secret (secret_scan.py)
-        return not any(_tagged(rule) and rule.possible(sender) for rule in self.rules)
+        return not any(_tagged(type(rule)) and rule.possible(sender) for rule in self.rules)
 
     def wanted_headers(self) -> frozenset[str]:
         """Lower-case names of the header fields the adapter must collect (the content rules' too, which
@@ -247,4 +247,4 @@ def possible_decisions(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[tuple[O
 def tagged_channels(rules: tuple[type, ...] = CHANNEL_RULES) -> tuple[Channel, ...]:
     """Channels whose rule recognises its mail by a secret (it overrides ``ChannelBase.bad_token``): the
     only ones a wrong secret can be counted for."""
-    return tuple(_rule_channel(rule) for rule in rules if getattr(rule, "bad_token", None) is not ChannelBase.bad_token)
+    return tuple(_rule_channel(rule) for rule in rules if _tagged(rule))
