@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from email.message import Message
 from pathlib import Path
 
-from amzguard.optout import OptOutStore, StoreError
+from amzguard.store import SqliteStore, StoreError
 from demo.stack import DemoStack
 from demo.story import SECRET_PLACEHOLDER, TAG_HEADER, Outcome, Step, Via
 from tests.e2e.harness import LOCAL_USERS, SinkMessage, make_message, parse_bounce
@@ -133,7 +133,7 @@ class Observer:
         """The opt-out register, ``address order source`` per entry (read-only; absent store: empty)."""
         if not self.stack.store_path.exists():
             return []
-        store = OptOutStore(self.stack.store_path)
+        store = SqliteStore(self.stack.store_path)
         try:
             return [f"{e.buyer} {e.order_id or '-'} {e.source}" for e in store.entries()]
         except StoreError as exc:
