@@ -733,6 +733,18 @@ def run_path(oracle: Target, subject: Target, path: str, plans: Sequence[Plan], 
     report.seconds += time.monotonic() - started
 
 
+def assert_no_leak(label: str, oracle: Target, subject: Target, path: str, plans: Sequence[Plan],
+                   milters: Sequence[object]) -> None:  # fmt: skip
+    """The oracle test's one check, for either MTA: run ``plans`` on ``path`` through both targets, publish
+    the report (docs/testing-oracle.md), and fail on a dead milter or any violation."""
+    report = Report(run_label(label))
+    run_path(oracle, subject, path, plans, report, opted_out_ids())
+    report.publish()
+    for milter in milters:
+        assert milter.alive(), milter.log_text()[-3000:]  # type: ignore[attr-defined]
+    assert not report.failed, report.details()
+
+
 def _run_batch(oracle: Target, subject: Target, path: str, cases: list[Case], report: Report,
                opted_out: frozenset[str], drain_timeout: float) -> None:  # fmt: skip
     subjects = {c.subject: i for i, c in enumerate(cases)}

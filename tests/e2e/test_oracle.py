@@ -25,14 +25,11 @@ from tests.e2e.harness import KEEP_ENV, PostfixInstance, make_workdir
 from tests.e2e.oracle import (
     OPTED_OUT,
     POOL,
-    PostfixTarget,
-    Report,
+    assert_no_leak,
     fixed_plans,
-    opted_out_ids,
     planned,
+    PostfixTarget,
     register_opt_outs,
-    run_label,
-    run_path,
 )
 from tests.support.spellings import Context, Mailbox
 
@@ -100,9 +97,5 @@ def pair() -> Iterator[Pair]:
 
 @pytest.mark.parametrize("path", ["smtp", "sendmail", "sendmail-t"])
 def test_postfix_routes_no_ungranted_mail_to_a_buyer(pair: Pair, path: str) -> None:
-    report = Report(run_label(f"postfix {path}"))
-    run_path(pair.oracle, pair.subject, path, planned(CONTEXT, ISSUE_9), report, opted_out_ids())
-    report.publish()
-    assert pair.stack.milter.alive(), pair.stack.milter.log_text()[-3000:]
-    assert not report.failed, report.details()
+    assert_no_leak(f"postfix {path}", pair.oracle, pair.subject, path, planned(CONTEXT, ISSUE_9), [pair.stack.milter])
 

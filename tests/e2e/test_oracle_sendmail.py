@@ -19,14 +19,11 @@ from tests.e2e.conftest import REVIEW_SENDER_CHANNELS
 from tests.e2e.oracle import (
     OPTED_OUT,
     POOL,
-    Report,
-    SendmailTarget,
+    assert_no_leak,
     fixed_plans,
-    opted_out_ids,
     planned,
     register_opt_outs,
-    run_label,
-    run_path,
+    SendmailTarget,
 )
 from tests.e2e.sendmail_harness import SendmailInstance, sendmail_stack
 from tests.support.milter_process import MilterProcess, write_config
@@ -77,9 +74,4 @@ def pair() -> Iterator[Pair]:
 
 
 def test_sendmail_routes_no_ungranted_mail_to_a_buyer(pair: Pair) -> None:
-    report = Report(run_label("sendmail smtp"))
-    run_path(pair.oracle, pair.subject, "smtp", planned(CONTEXT, ISSUE_16), report, opted_out_ids())
-    report.publish()
-    for milter in pair.milters:
-        assert milter.alive(), milter.log_text()[-3000:]
-    assert not report.failed, report.details()
+    assert_no_leak("sendmail smtp", pair.oracle, pair.subject, "smtp", planned(CONTEXT, ISSUE_16), pair.milters)
