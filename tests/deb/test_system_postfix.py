@@ -137,47 +137,51 @@ def review(to: str, subject: str, secret: str) -> bytes:
     return make_message(REVIEW_SENDER, to, subject, extra_headers=[("X-Amzguard-Channel", f"review {secret}")])
 
 
+def install_as_documented(copy: BootedCopy, deb: Path, timings: Timings) -> None:
+    """On a started ``copy`` (``deb``'s directory bound as /mnt/debs): the package, then Postfix and amzguard
+    as the docs say, each step timed; then the test's own lines (sink, local user) and the restarts."""
+    sh = lambda script: copy.run(["sh", "-e", "-x", "-c", script], timeout=300)  # noqa: E731
+    copy.run(["rm", "-f", "/usr/sbin/policy-rc.d"])  # the image's, not a server's (see installed.py)
+    timings.step(f"dpkg -i {deb.name} (user, dirs, secret, service started)",
+                 lambda: copy.run(["dpkg", "-i", f"/mnt/debs/{deb.name}"], timeout=120))  # fmt: skip
+    assert not copy.path("/etc/postfix/main.cf").exists(), "the image's Postfix is configured: the docs' first step is not tested"
+    timings.step("Postfix as Internet Site (debconf, dpkg-reconfigure, newaliases)", lambda: sh(debconf_steps()))
+    assert copy.run(["postconf", "-h", "myorigin"]).stdout.strip() == "/etc/mailname"
+
+    def edit_config() -> None:  # steps 1 and 2, and operating.md's "Log where you look"
+        config = yaml.safe_load(copy.path(CONFIG).read_text())
+        config["channels"]["review"]["enabled"] = True
+        for channel in ("review", "reply", "critical"):
+            config["channels"][channel]["allowed_senders"] = [REVIEW_SENDER]
+        config["logging"]["target"] = "syslog"
+        copy.run(["tee", CONFIG], input=yaml.safe_dump(config))  # tee keeps the file's owner and mode
+        copy.run(["runuser", "-u", "amzguard", "--", "amzguard", "check-config", "-c", CONFIG])
+
+    timings.step("edit amzguard.yml (review on, allowed_senders, syslog), check-config", edit_config)
+    timings.step("postconf -e: the milter lines (install.md step 3)", lambda: sh(postconf_steps()))
+    timings.step("learn address: main.cf lines, append amzguard-master.cf", lambda: sh(
+        shlex.join(["postconf", "-e", *learn_address_settings()])
+        + f" && cat {MASTER_CF_EXAMPLE} >> /etc/postfix/master.cf"))  # fmt: skip
+    # The test's own: the internet is an smtp-sink here, and a local user gets the allowed mail.
+    sh(f"postconf -e 'relayhost = [127.0.0.1]:2525' && useradd --create-home owner"
+       f" && mkdir -m 0755 {SINK} && chown postfix {SINK}"
+       f" && systemd-run --unit=test-sink /usr/sbin/smtp-sink -u postfix -d {SINK}/%M. 127.0.0.1:2525 10")  # fmt: skip
+    timings.step("systemctl restart amzguard (logging.target changed); systemctl restart postfix",
+                 lambda: sh("systemctl restart amzguard && systemctl restart postfix"))  # fmt: skip
+    assert _wait_until(lambda: copy.run(["sh", "-c", "ss -Hltn 'sport = :25' | grep -q LISTEN"], check=False)
+                       .returncode == 0, 30), copy.run(["systemctl", "status", "postfix@-"], check=False).stdout  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def system() -> Iterator[SystemPostfix]:
     deb = DEB if DEB.exists() else build_package()
     workdir = make_workdir("amzguard-system-")
     copy = BootedCopy(workdir, binds={"/mnt/debs": deb.parent})
     timings = Timings()
-    sh = lambda script: copy.run(["sh", "-e", "-x", "-c", script], timeout=300)  # noqa: E731
     try:
         timings.step("boot the container (not an admin step)", copy.start)
-        copy.run(["rm", "-f", "/usr/sbin/policy-rc.d"])  # the image's, not a server's (see installed.py)
-        timings.step(f"dpkg -i {deb.name} (user, dirs, secret, service started)",
-                     lambda: copy.run(["dpkg", "-i", f"/mnt/debs/{deb.name}"], timeout=120))
-        assert not copy.path("/etc/postfix/main.cf").exists(), "the image's Postfix is configured: the docs' first step is not tested"
-        timings.step("Postfix as Internet Site (debconf, dpkg-reconfigure)", lambda: sh(debconf_steps()))
-        assert copy.run(["postconf", "-h", "myorigin"]).stdout.strip() == "/etc/mailname"
-
-        def edit_config() -> None:  # steps 1 and 2, and operating.md's "Log where you look"
-            config = yaml.safe_load(copy.path(CONFIG).read_text())
-            config["channels"]["review"]["enabled"] = True
-            for channel in ("review", "reply", "critical"):
-                config["channels"][channel]["allowed_senders"] = [REVIEW_SENDER]
-            config["logging"]["target"] = "syslog"
-            copy.run(["tee", CONFIG], input=yaml.safe_dump(config))
-            copy.run(["runuser", "-u", "amzguard", "--", "amzguard", "check-config", "-c", CONFIG])
-
-        timings.step("edit amzguard.yml (review on, allowed_senders, syslog), check-config", edit_config)
-        timings.step("postconf -e: milter lines (install.md step 3)", lambda: sh(postconf_steps()))
-        timings.step("learn address: main.cf lines, append amzguard-master.cf", lambda: sh(
-            shlex.join(["postconf", "-e", *learn_address_settings()])
-            + f" && cat {MASTER_CF_EXAMPLE} >> /etc/postfix/master.cf"))
-        # The test's own: the internet is an smtp-sink here, and a local user gets the allowed mail.
-        sh(f"postconf -e 'relayhost = [127.0.0.1]:2525' && useradd --create-home owner"
-           f" && mkdir -m 0755 {SINK} && chown postfix {SINK}"
-           f" && systemd-run --unit=test-sink /usr/sbin/smtp-sink -u postfix -d {SINK}/%M. 127.0.0.1:2525 10")
-        timings.step("systemctl restart amzguard (logging.target changed); systemctl restart postfix",
-                     lambda: sh("systemctl restart amzguard && systemctl restart postfix"))
-        assert _wait_until(lambda: copy.run(["sh", "-c", "ss -Hltn 'sport = :25' | grep -q LISTEN"], check=False)
-                           .returncode == 0, 30), copy.run(["systemctl", "status", "postfix@-"], check=False).stdout  # fmt: skip
+        install_as_documented(copy, deb, timings)
         print("\n" + timings.table())
-        (REPO / "build").mkdir(exist_ok=True)
-        (REPO / "build" / "install-timings.md").write_text(timings.table() + "\n")
         yield SystemPostfix(copy=copy, secret=copy.path(SECRET).read_text().strip())
     finally:
         copy.stop()
