@@ -418,3 +418,25 @@ def test_cli_options(tmp_path, capsys) -> None:
     [result] = json.loads(capsys.readouterr().out)
     assert [r["recognised_by"] for r in result["recipients"]] == [["client", "subject"]]
     assert main(["lint", "-c", config, str(eml)]) == 1  # without the client: order mail, refused
+
+
+@settings(max_examples=200, deadline=None)
+@given(TEXT.filter(lambda s: normal(s) != "" and len(s) < 60), st.sampled_from(["utf-8", "iso-8859-1"]), st.sampled_from(["q", "b"]))
+def test_a_pattern_meets_the_decoded_subject_however_it_was_encoded(subject: str, charset: str, encoding: str) -> None:
+    """The criterion sees what a reader sees: RFC 2047 words decoded, folding and white space runs collapsed."""
+    from email.charset import BASE64, QP, Charset
+    from email.header import Header
+
+    try:
+        subject.encode(charset)
+    except UnicodeEncodeError:
+        charset = "utf-8"
+    chosen = Charset(charset)
+    chosen.header_encoding = QP if encoding == "q" else BASE64
+    encoded = Header(subject, chosen, maxlinelen=40).encode()  # folded into several encoded words
+    message = facts(headers=[("Subject", encoded)])
+    escaped = "".join(f"[{ch}]" if ch in "*?[" else ch for ch in normal(subject))
+    assert message.subject() == normal(subject)
+    if len(escaped) <= 200:
+        assert SubjectPattern.compile(escaped).matches(message.subject())
+        assert review([{"subject": escaped}]).decide(message, rcpt()).channel is Channel.REVIEW
