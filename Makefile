@@ -27,8 +27,11 @@ DEMO_PACKAGES := $(RUN_PACKAGES) postfix swaks python3-yaml
 DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel lintian
 # tests/deb builds the package and installs it into a copy of this system booted with systemd-nspawn
 # (systemd-container), where it needs the Debian packages the .deb depends on.
+# dovecot-core: tests/e2e/test_recognise.py authenticates SMTP clients (SASL) against a Dovecot it runs itself
+# (tests/e2e/sasl.py: own config and directory, auth only); the package's own service is not used.
 TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd systemd-container man-db groff-base $(DEB_PACKAGES) \
-                 python3-milter python3-prometheus-client postgresql libpq5 python3-psycopg python3-psycopg-pool
+                 python3-milter python3-prometheus-client postgresql libpq5 python3-psycopg python3-psycopg-pool \
+                 dovecot-core
 
 .PHONY: run test demo soak bench check-config docs deb system-run system-demo system-test system-deb venv clean
 

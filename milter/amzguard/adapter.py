@@ -27,6 +27,7 @@ from .secret_scan import SecretScan
 from .sendmail_route import Mta, classify_sendmail_recipient, mta_of, uncertain_deletes
 from .store import SchemaError, Store, StoreError, open_store
 from .transaction import Judgement, Transaction
+from .policy.recognise import IPAddress, client_address
 from .policy import (
     AddRecipient,
     Decision,
@@ -35,7 +36,9 @@ from .policy import (
     MessageFacts,
     MessagePlan,
     Mode,
+    Origin,
     Policy,
+    RecognisedBy,
     ReviewSent,
     SubmissionPath,
 )
@@ -163,6 +166,19 @@ def check_store(snapshot: Snapshot, at_start: bool = False) -> None:
                   exc, snapshot.config.store.on_error)  # fmt: skip
 
 
+_NOTED: set[str] = set()
+_NOTED_LOCK = threading.Lock()
+
+
+def _note_once(what: str, message: str, *args: object) -> None:
+    """Log a missing fact once per process (it is the same for every message until the MTA changes)."""
+    with _NOTED_LOCK:
+        if what in _NOTED:
+            return
+        _NOTED.add(what)
+    log.info(message, *args)
+
+
 def submission_path(hostname: str, hostaddr: object) -> SubmissionPath:
     """Tell smtpd(8) from a sendmail(1) submission by the connect information Postfix sends.
 
@@ -212,6 +228,8 @@ class AmzguardMilter(Milter.Base):
         self.mta = Mta.UNKNOWN
         """Told by the connect macro ``v`` (sendmail_route.mta_of)."""
         self._warned_macros = False
+        self.client: IPAddress | None = None
+        """The SMTP client's address (connect); with the SASL login (MAIL FROM) the message's ``Origin``."""
         self.failed_stage: str | None = None
         self.message_open = False
         self.accept_at_data = False
@@ -319,6 +337,14 @@ class AmzguardMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         self.path = submission_path(hostname, hostaddr) if family != socket.AF_UNIX else SubmissionPath.UNKNOWN
         self.mta = mta_of(self.getsymval("v"))
+        # Only smtpd's client is one: on the sendmail(1) path Postfix's cleanup reports localhost/127.0.0.1
+        # for every local submission, which must not meet a `client: 127.0.0.1` entry.
+        if self.path is SubmissionPath.SMTP:
+            text = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
+            address = client_address(text if isinstance(text, str) else None)
+            if address is None:
+                address = client_address(self.getsymval("{client_addr}"))
+            self.client = address
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -328,7 +354,29 @@ class AmzguardMilter(Milter.Base):
         self._reset_message()
         self._start_message()
         self.sender = self.trx.sender = parse_address(mailfrom)
+        if self.snapshot.policy.settings.review.recognise:
+            self.trx.origin = self._origin()
         return Milter.CONTINUE
+
+    def _origin(self) -> Origin:
+        """The SASL login (``{auth_authen}``, sent at MAIL FROM by Postfix's default milter_mail_macros and
+        by Sendmail's) and the client. A missing one meets no entry that needs it: the message is then
+        judged without it (as order mail, unless another way recognises it), and that is logged once per
+        process, as it is the same for every message of a misconfigured MTA."""
+        login = self.getsymval("{auth_authen}") if self.path is SubmissionPath.SMTP else None
+        origin = Origin(sasl_login=login or None, client=self.client)
+        needs = {by for entry in self.snapshot.policy.settings.review.recognise for by in entry.criteria()}
+        if self.path is SubmissionPath.SMTP and origin.sasl_login is None and RecognisedBy.SASL in needs:
+            _note_once("sasl", "%s: no {auth_authen} at MAIL FROM (the client did not authenticate, or "
+                       "milter_mail_macros lacks it): sasl_login entries of channels.review.recognise meet no "
+                       "such message (logged once)", self.queue_id())  # fmt: skip
+        if self.path is SubmissionPath.SMTP and origin.client is None and RecognisedBy.CLIENT in needs:
+            _note_once("client", "%s: no client address from the MTA (connect, {client_addr}): client entries of "
+                       "channels.review.recognise meet no message on this connection", self.queue_id())  # fmt: skip
+        if self.path is not SubmissionPath.SMTP and needs & {RecognisedBy.CLIENT, RecognisedBy.SASL}:
+            _note_once("local", "%s: a %s submission has no SASL login or client address: only sender and "
+                       "subject entries of channels.review.recognise can meet it", self.queue_id(), self.path.value)  # fmt: skip
+        return origin
 
     @guarded(MilterStage.RCPT, replies=True)
     def envrcpt(self, to: str, *params: str) -> int:

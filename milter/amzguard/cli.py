@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from . import __version__, optout_cli, store_cli
 from .config import Config, ConfigError, config_path_from_env, load_config
 from .log_output import configure_logging
+from .policy import Origin
 
 CONFIG_HELP = "config file (default: $AMZGUARD_CONFIG or /etc/amzguard/amzguard.yml)"
 
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--sendmail", action="store_true", help="submitted with sendmail(1) (Postfix non_smtpd_milters), not SMTP"
     )
+    _origin_options(explain)
     lint = with_config(
         commands.add_parser("lint", help="the milter's whole judgement of message files, every finding with its line")
     )
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     lint.add_argument("--sender", default=None, metavar="ADDR", help="envelope sender (default: the From address)")
     lint.add_argument("--sendmail", action="store_true", help="judge as submitted with sendmail(1), not SMTP")
     lint.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    _origin_options(lint)
     optout_cli.add_parser(commands, with_config)
     store_cli.add_parser(commands, with_config)
     doctor = with_config(
@@ -105,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .policy import SubmissionPath
 
         path = SubmissionPath.LOCAL if args.sendmail else SubmissionPath.SMTP
-        return lint(config, args.files, to=args.to, sender=args.sender, path=path, as_json=args.format == "json")
+        origin = _origin(args)
+        if origin is None:
+            return 2
+        return lint(config, args.files, to=args.to, sender=args.sender, path=path, as_json=args.format == "json",
+                    origin=origin)  # fmt: skip
     configure_logging(config.log_level, replace=True, **_log_target(config))
     from .server import ServeError, serve  # imports libmilter only for the command that needs it
 
@@ -142,6 +149,29 @@ def _check_config(config: Config, path: object, user: str | None) -> int:
     return 0
 
 
+def _origin_options(parser: argparse.ArgumentParser) -> None:
+    """What the milter reads from the MTA beyond the envelope (channels.review.recognise): options, not the
+    file's headers, because a Received: line is the sender's to write and the milter never reads it."""
+    parser.add_argument("--sasl-login", metavar="NAME", help="the SMTP AUTH login ({auth_authen}; SMTP path only)")
+    parser.add_argument("--client", metavar="ADDR", help="the SMTP client's IP address (SMTP path only)")
+
+
+def _origin(args: argparse.Namespace) -> Origin | None:
+    """The ``Origin`` the options give; None (after saying why on stderr) for options the milter would
+    never see: on the sendmail(1) path there is no login and no client."""
+    from .policy import client_address
+
+    if args.sendmail and (args.sasl_login or args.client):
+        print(f"amzguard: {args.command}: --sasl-login and --client do not exist on the sendmail(1) path "
+              "(the milter sees neither there)", file=sys.stderr)  # fmt: skip
+        return None
+    client = client_address(args.client) if args.client else None
+    if args.client and client is None:
+        print(f"amzguard: {args.command}: --client: not an IP address: {args.client!r}", file=sys.stderr)
+        return None
+    return Origin(sasl_login=args.sasl_login or None, client=client)
+
+
 def _explain(config: Config, args: argparse.Namespace) -> int:
     from .explain import HeaderSyntaxError, explain, parse_header
     from .policy import SubmissionPath
@@ -152,7 +182,10 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
         print(f"amzguard: --header: {exc}", file=sys.stderr)
         return 2
     path = SubmissionPath.LOCAL if args.sendmail else SubmissionPath.SMTP
-    for line in explain(config, args.addresses, args.sender, path, headers):
+    origin = _origin(args)
+    if origin is None:
+        return 2
+    for line in explain(config, args.addresses, args.sender, path, headers, origin):
         print(line)
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .address import BuyerPatterns, normalise_domain
-from .config_keys import BY_PATH, LISTEN_RE, RELAY_DOMAINS, Key
+from .config_keys import BY_PATH, LISTEN_RE, RECOGNISE_CRITERIA, RELAY_DOMAINS, SENDER_RE, Key
 from .content import DEFAULT_LINK_DOMAINS, ContentAction, ContentRule, ContentSettings
 from .policy import (
     CriticalChannelSettings,
@@ -33,6 +33,7 @@ from .policy import (
     ReplyCheck,
     ReviewChannelSettings,
 )
+from .policy.recognise import CriterionError, RecogniseEntry, SubjectPattern, client_network
 from .privacy import AddressPrivacy, AddressStyle
 
 DEFAULT_CONFIG_PATH = Path("/etc/amzguard/amzguard.yml")
@@ -290,16 +291,59 @@ def _parse_review(
 ) -> tuple[ReviewChannelSettings, MissingOrderId | None]:
     review = channels.section("review")
     enabled = review.value("enabled")
+    recognise = _recognise_entries(review)
+    # With recognise entries the tag is optional: no secret named and no default file means the tag is off.
+    default_file = _relative(review.value("token_file"), base)
+    no_secret = not (review.given("token") or review.given("token_file") or default_file.exists())
     settings = ReviewChannelSettings(
         enabled=enabled,
         header=review.value("header"),
-        token=_read_token(review, base, enabled, secrets),
+        token=_read_token(review, base, enabled and not (recognise and no_secret), secrets),
         allowed_senders=_allowed_senders(review),
         one_per_order=review.value("one_per_order"),
+        recognise=recognise,
     )
     old_missing = _old_missing_order_id(review)
     review.done()
     return settings, old_missing
+
+
+def _recognise_entries(review: _Section) -> tuple[RecogniseEntry, ...]:
+    """``channels.review.recognise``: each entry's criteria checked and compiled now (a bad subject glob or
+    network is a ConfigError naming ``recognise[N].key``, never a surprise at the first message)."""
+    entries = []
+    for index, item in enumerate(review.value("recognise")):
+        where = f"recognise[{index}]"
+        unknown = sorted(str(key) for key in item if key not in RECOGNISE_CRITERIA)
+        if unknown:
+            raise ConfigError(f"{review.source}: {review._name(where)}.{unknown[0]}: unknown key (known here: "
+                              f"{', '.join(RECOGNISE_CRITERIA)})")  # fmt: skip
+        given: dict[str, str] = {}
+        for key in RECOGNISE_CRITERIA:
+            value = item.get(key)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise review.error(f"{where}.{key}", "a non-empty string", value)
+            if value is not None:
+                given[key] = value.strip()
+        sender = given.get("sender")
+        if sender is not None and not SENDER_RE.match(sender):
+            raise review.error(f"{where}.sender", "'user@domain' or '@domain'", sender)
+        login = given.get("sasl_login")
+        if login is not None and not login.isprintable():
+            raise review.error(f"{where}.sasl_login", "a printable login name", login)
+        try:
+            client = client_network(given["client"]) if "client" in given else None
+        except CriterionError as exc:
+            raise review.error(f"{where}.client", str(exc), given["client"]) from None
+        try:
+            subject = SubjectPattern.compile(given["subject"]) if "subject" in given else None
+        except CriterionError as exc:
+            raise review.error(f"{where}.subject", str(exc), given["subject"]) from None
+        try:
+            entries.append(RecogniseEntry(sender=sender, sasl_login=login, client=client, subject=subject))
+        except CriterionError as exc:
+            raise review.error(where, str(exc), item) from None
+    return tuple(entries)
 
 
 def _old_missing_order_id(review: _Section) -> MissingOrderId | None:

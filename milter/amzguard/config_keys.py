@@ -165,6 +165,15 @@ def senders(path: str, doc: str = "If set, only these envelope senders may use t
                "the SMTP path.")  # fmt: skip
 
 
+RECOGNISE_CRITERIA = ("sender", "sasl_login", "client", "subject")
+"""The criteria of one ``channels.review.recognise`` entry (policy/recognise.py)."""
+
+
+def _recognise_entries(v: object) -> bool:
+    # The shape only; config.py compiles each criterion and names the entry and key of a bad one.
+    return isinstance(v, list) and all(isinstance(entry, dict) for entry in v)
+
+
 # Every marketplace named in Amazon's public material; subdomains (m.marketplace.amazon.co.jp) match too.
 RELAY_DOMAINS: tuple[str, ...] = tuple(
     f"marketplace.amazon.{tld}"
@@ -262,6 +271,18 @@ KEYS: tuple[Key, ...] = (
     boolean("channels.review.one_per_order", True, "Refuse a second review request for an order.",
             "The order id (NNN-NNNNNNN-NNNNNNN) is read from the subject, else from the decoded body (first "
             "256 KiB). Needs the store."),
+    # channels.review.recognise (issue 12): review requests recognised without the tag
+    Key("channels.review.recognise", "list of mappings", (),
+        "Review requests recognised without the tag: entries of sender, sasl_login, client, subject.",
+        "a list of mappings with the keys " + ", ".join(RECOGNISE_CRITERIA), _recognise_entries,
+        details="Each entry names one or more criteria, all of which must hold: sender (user@domain or @domain, "
+        "the envelope sender), sasl_login (the SMTP AUTH login, Postfix's {auth_authen}, compared exactly), "
+        "client (the SMTP client's address or CIDR network, IPv4 or IPv6; never met on the sendmail(1) path), "
+        "subject (a glob over the whole decoded subject, any letter case: * any text, ? one character, [...] "
+        "a set). An entry without criterion is an error. Recognised mail is judged as tagged mail is "
+        "(opt-out register, one per order, content rules); allowed_senders still applies. With entries the "
+        "secret is optional: without token and token_file (and no default file) the tag is off. How strong "
+        "each criterion is: docs/design.md."),
     choice("channels.review.missing_order_id", "allow", MissingOrderId,
            "Old form of content.rules.missing_order_id (allow = log, refuse = refuse); read only when set.",
            "Folded into content.rules.missing_order_id (issue 11), which also covers critical messages; "

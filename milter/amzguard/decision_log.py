@@ -56,5 +56,14 @@ def decision_line(
         f"{queue_id or 'NOQUEUE'}: from={bracketed(sender, privacy)}"
         f" rcpt={bracketed(decision.recipient.address, privacy)}"
         f" path={path.value} stage={stage} channel={decision.channel.value}"
-        f" decision={outcome} reason={decision.reason.value}{findings_field(decision)}"
+        f" decision={outcome} reason={decision.reason.value}{recognised_field(decision)}{findings_field(decision)}"
     )
+
+
+def recognised_field(decision: Decision) -> str:
+    """`` recognised_by=sasl+subject`` or nothing: how the review channel recognised the message (the tag,
+    or the criteria of the ``recognise`` entry it met, strongest first), so an admin sees which way let a
+    review request through and how strong that way is (docs/design.md)."""
+    if not decision.recognised_by:
+        return ""
+    return " recognised_by=" + "+".join(by.value for by in decision.recognised_by)

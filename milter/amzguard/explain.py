@@ -27,6 +27,8 @@ from .policy import (
     MessageFacts,
     MessagePlan,
     Mode,
+    NO_ORIGIN,
+    Origin,
     Outcome,
     Policy,
     Reason,
@@ -81,13 +83,16 @@ def judge(
     addresses: Sequence[str],
     store: Store | None = None,
     body: bytes | None = None,
+    origin: Origin = NO_ORIGIN,
 ) -> OfflineJudgement:
     """The milter's judgement on given facts: the same ``Transaction`` the adapter drives, fed the
     envelope, the header fields (with their lines when they come from a file) and, if given, the body in
     the MTA's chunk size. ``store``: an existing store, only read (never created, nothing recorded).
     The milter judges what Postfix resolved (``{rcpt_addr}``) on the SMTP path; offline there is no
-    Postfix to ask, so recipients are judged as the milter does without that macro (see ROUTING_NOTE)."""
-    trx = Transaction(policy, path, parse_address(sender))
+    Postfix to ask, so recipients are judged as the milter does without that macro (see ROUTING_NOTE).
+    ``origin``: the SASL login and client the milter would read from the MTA (``--sasl-login``,
+    ``--client``)."""
+    trx = Transaction(policy, path, parse_address(sender), origin=origin)
     for raw in addresses:
         trx.rcpt(raw)
     for field in headers:
@@ -126,14 +131,14 @@ def _classification(recipient: Recipient) -> str:
 
 def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
     decision = verdict.decision
-    open_channels = [rule.channel.value for rule in policy.rules if rule.possible(facts.sender)]
+    open_channels = [rule.channel.value for rule in policy.rules if rule.possible(facts.sender, facts.origin)]
     match decision.reason:
         case Reason.NOT_BUYER:
             return "amzguard lets it pass unchanged"
         case Reason.CHANNEL if decision.outcome is Outcome.DELIVER_UNMARKED:
-            return f"granted by the {decision.channel.value} channel; delivered to <{decision.recipient.unmarked}>"
+            return f"granted by the {decision.channel.value} channel{recognised_text(decision)}; delivered to <{decision.recipient.unmarked}>"
         case Reason.CHANNEL:
-            return f"granted by the {decision.channel.value} channel"
+            return f"granted by the {decision.channel.value} channel{recognised_text(decision)}"
         case Reason.OPTED_OUT | Reason.DUPLICATE_REVIEW | Reason.NO_ORDER_ID:
             order = f" (order {facts.order_id})" if facts.order_id else ""
             return f"a {decision.channel.value} request{order} refused: {decision.reason.value}"
@@ -154,6 +159,13 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
             elif not facts.headers:
                 notes.append("no channel tag among the headers")
             return f"no channel grants this message ({'; '.join(notes)})"
+
+
+def recognised_text(decision: Decision) -> str:
+    """`` (recognised by sender+subject)``: which way the review channel recognised the message."""
+    if not decision.recognised_by:
+        return ""
+    return f" (recognised by {'+'.join(by.value for by in decision.recognised_by)})"
 
 
 def plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
@@ -188,7 +200,12 @@ ROUTING_NOTE = (
 
 
 def explain(
-    config: Config, addresses: Sequence[str], sender: str, path: SubmissionPath, headers: Sequence[tuple[str, str]]
+    config: Config,
+    addresses: Sequence[str],
+    sender: str,
+    path: SubmissionPath,
+    headers: Sequence[tuple[str, str]],
+    origin: Origin = NO_ORIGIN,
 ) -> list[str]:
     """The lines ``amzguard explain`` prints."""
     policy = Policy.from_settings(config.policy)
@@ -196,7 +213,7 @@ def explain(
     # A SQLite file is read only if it exists (explaining must not create one); a database is asked.
     store = open_store(config.store) if config.store.url or config.store.path.exists() else None
     try:
-        judgement = judge(policy, sender, path, headers, addresses, store)
+        judgement = judge(policy, sender, path, headers, addresses, store, origin=origin)
     finally:
         if store is not None:
             store.shutdown()

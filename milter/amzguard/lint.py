@@ -25,9 +25,9 @@ from .config import Config
 from .content import ContentAction, Finding, split_message
 from .content.reader import decoded_header
 from .decision_log import bracketed
-from .explain import judge, plan_lines
+from .explain import judge, plan_lines, recognised_text
 from .store import Store, open_store
-from .policy import Mode, Policy, SubmissionPath
+from .policy import NO_ORIGIN, Mode, Origin, Policy, SubmissionPath
 from .transaction import Judgement
 
 EXIT_CLEAN = 0
@@ -65,6 +65,7 @@ def lint_message(
     sender: str | None = None,
     path: SubmissionPath = SubmissionPath.SMTP,
     store: Store | None = None,
+    origin: Origin = NO_ORIGIN,
 ) -> LintResult:
     headers, body, _ = split_message(raw)
     by_name = lambda wanted: [h.value for h in headers if h.name.casefold() in wanted]  # noqa: E731
@@ -75,7 +76,7 @@ def lint_message(
         senders = _header_addresses(by_name({"from"}))[:1]
         sender = senders[0] if senders else ""
     policy = Policy.from_settings(config.policy)
-    offline = judge(policy, sender, path, headers, recipients, store, body=body)
+    offline = judge(policy, sender, path, headers, recipients, store, body=body, origin=origin)
     return LintResult(name, sender, tuple(recipients), offline.judgement, offline.store_note)
 
 
@@ -99,7 +100,7 @@ def text_lines(result: LintResult, mode: Mode) -> list[str]:
     for decision in judgement.all_decisions():
         lines.append(
             f"{result.file}: {bracketed(decision.recipient.address)}: {would}{decision.outcome.value}"
-            f" (reason {decision.reason.value}, channel {decision.channel.value})"
+            f" (reason {decision.reason.value}, channel {decision.channel.value}){recognised_text(decision)}"
         )
     for finding in sorted(judgement.findings, key=lambda f: (f.line, f.rule.value)):
         lines.append(_finding_line(result, finding))
@@ -124,6 +125,7 @@ def json_object(result: LintResult) -> dict[str, object]:
                 "outcome": decision.outcome.value,
                 "reason": decision.reason.value,
                 "channel": decision.channel.value,
+                "recognised_by": [by.value for by in decision.recognised_by],
             }
             for decision in judgement.all_decisions()
         ],
@@ -145,6 +147,7 @@ def run(
     sender: str | None = None,
     path: SubmissionPath = SubmissionPath.SMTP,
     as_json: bool = False,
+    origin: Origin = NO_ORIGIN,
     out: object = None,
     err: object = None,
 ) -> int:
@@ -158,7 +161,7 @@ def run(
     try:
         for file in files:
             try:
-                result = lint_file(config, file, to=to, sender=sender, path=path, store=store)
+                result = lint_file(config, file, to=to, sender=sender, path=path, store=store, origin=origin)
             except LintError as exc:
                 print(f"amzguard: lint: {exc}", file=err)  # type: ignore[call-overload]
                 status = EXIT_ERROR

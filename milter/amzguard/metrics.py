@@ -44,6 +44,7 @@ from . import __version__
 from .content import REMOVABLE_RULES, ContentAction, ContentRule, Finding
 from .store import BACKENDS, SOURCES, Store, StoreError
 from .policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath, possible_decisions, tagged_channels
+from .policy import RecognisedBy  # issue 12: review_recognised
 
 if hasattr(prometheus_client, "disable_created_metrics"):
     prometheus_client.disable_created_metrics()
@@ -169,6 +170,15 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        # Issue 12: how review requests were recognised (bounded: one of RecognisedBy, the strongest way).
+        self.review_recognised = Counter(
+            "review_recognised",
+            "Review-channel recipient decisions by the strongest way the request was recognised (tag, sasl,"
+            " client, sender, subject); refused ones (opted out, duplicate, content) too",
+            ["by"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.errors = Counter(
             "errors",
             "Internal errors (exceptions) in amzguard by milter stage",
@@ -249,6 +259,8 @@ class Metrics:
             self.recipients.labels(outcome.value, reason.value, channel.value, mode.value)
         for channel in tagged_channels():
             self.bad_tokens.labels(channel.value)
+        for by in RecognisedBy:
+            self.review_recognised.labels(by.value)
         for rule in ContentRule:
             for action in ContentAction:
                 if action is not ContentAction.OFF and (action is not ContentAction.REMOVE or rule in REMOVABLE_RULES):
@@ -284,6 +296,8 @@ class Metrics:
                 decision.outcome.value, decision.reason.value, decision.channel.value, mode.value
             )
         child.inc()
+        if decision.recognised_by:
+            self.review_recognised.labels(decision.recognised_by[0].value).inc()
 
     def content_finding(self, finding: Finding) -> None:
         self.content_findings.labels(finding.rule.value, finding.action.value).inc()

@@ -43,6 +43,8 @@ from .policy import (
     MessageFacts,
     MessagePlan,
     Mode,
+    NO_ORIGIN,
+    Origin,
     PROACTIVE_CHANNELS,
     Outcome,
     Policy,
@@ -90,11 +92,14 @@ class Transaction:
         path: SubmissionPath,
         sender: Address,
         wanted_headers: frozenset[str] | None = None,
+        origin: Origin = NO_ORIGIN,
     ) -> None:
         self.policy = policy
         self.content: ContentSettings = policy.settings.content
         self.path = path
         self.sender = sender
+        self.origin = origin
+        """SASL login and client address (the adapter sets it at MAIL FROM; explain and lint from options)."""
         self.wanted = wanted_headers if wanted_headers is not None else policy.wanted_headers()
         self._wanted_now: frozenset[str] | None = None
         self.recipients: list[Recipient] = []
@@ -127,7 +132,7 @@ class Transaction:
     def add_recipient(self, recipient: Recipient) -> Decision | None:
         """``rcpt`` for a recipient the driver classified itself (the milter: as the MTA on its connection
         routes it, Postfix or Sendmail, see sendmail_route.py)."""
-        decision = self.policy.decide_at_rcpt(self.sender, recipient, self.path)
+        decision = self.policy.decide_at_rcpt(self.sender, recipient, self.path, self.origin)
         if decision is None:
             self.recipients.append(recipient)
         else:
@@ -166,9 +171,11 @@ class Transaction:
                 self.headers.append(HeaderField(name, value[:MAX_HEADER_VALUE], line))
 
     def header_facts(self) -> MessageFacts:
-        if self._header_facts is None or self._header_facts.sender is not self.sender:
+        facts = self._header_facts
+        if facts is None or facts.sender is not self.sender or facts.origin is not self.origin:
             self._header_facts = MessageFacts(
-                sender=self.sender, path=self.path, headers=tuple((f.name, f.value) for f in self.headers)
+                sender=self.sender, path=self.path, headers=tuple((f.name, f.value) for f in self.headers),
+                origin=self.origin,
             )
         return self._header_facts
 

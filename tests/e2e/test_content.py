@@ -100,7 +100,7 @@ def test_marketing_template_refused_on_smtp_with_its_reason(stack: Stack) -> Non
     assert text.startswith(f"5.7.1 <{BUYER}>: {CONTENT_TEXT}: unsubscribe-link: opt-out link to https://shop.example/")
     assert "tracking-pixel: image of 1x1 px from https://track.mailer.example/open/abc123.gif" in text
     assert stack.postfix.queue() == []
-    stack.milter.wait_log(f"rcpt=<{BUYER}> path=smtp stage=eom channel=review decision=refuse reason=content "
+    stack.milter.wait_log(f"rcpt=<{BUYER}> path=smtp stage=eom channel=review decision=refuse reason=content recognised_by=tag "
                           "content=[remove list-unsubscribe: List-Unsubscribe header;")  # fmt: skip
 
 

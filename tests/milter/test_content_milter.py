@@ -118,7 +118,7 @@ def test_clean_review_passes_and_marketing_template_is_refused_with_its_findings
     assert "unsubscribe-link: opt-out link to https://shop.example/newsletter/unsubscribe?u=abc123" in text
     assert text.endswith("(and 6 more)")  # 10 refusing findings, 4 named
     line = decision_line(milter, "4MARKET01", "q7x2m4k9z1bc3de@marketplace.amazon.com")
-    assert "decision=refuse reason=content content=[remove list-unsubscribe: List-Unsubscribe header;" in line
+    assert "decision=refuse reason=content recognised_by=tag content=[remove list-unsubscribe: List-Unsubscribe header;" in line
     # Counted once per message, by rule and action (pre-created series exist at 0 for every pair).
     assert milter.metric("amzguard_content_findings_total", rule="tracking-pixel", action="refuse") >= 1
     assert milter.metric("amzguard_content_findings_total", rule="list-unsubscribe", action="remove") >= 1

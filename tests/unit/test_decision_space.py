@@ -43,6 +43,9 @@ def policy(missing_order_id: str, check: str) -> Policy:
 
 
 POLICIES = [policy(m, c) for m in ("allow", "refuse") for c in ("reference", "thread")]
+# Review requests recognised without the tag (no secret: the tag is off): the same decisions, no new ones.
+POLICIES.append(Policy.from_settings(parse_config({"channels": {"review": {
+    "enabled": True, "recognise": [{"sender": "shop@shop.test", "subject": "*order*"}]}}}).policy))  # fmt: skip
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -42,7 +42,7 @@ def test_marketing_template_lists_every_finding_with_its_line_and_exits_1(config
     done = lint(config, file)
     assert done.returncode == 1
     lines = done.stdout.splitlines()
-    assert f"{file}: <q7x2m4k9z1bc3de@marketplace.amazon.com>: refuse (reason content, channel review)" in lines
+    assert f"{file}: <q7x2m4k9z1bc3de@marketplace.amazon.com>: refuse (reason content, channel review) (recognised by tag)" in lines
     assert f"{file}:8: remove: list-unsubscribe: List-Unsubscribe header" in lines
     assert f"{file}:43: refuse: tracking-pixel: image of 1x1 px from https://track.mailer.example/open/abc123.gif" in lines
     assert f"{file}:3: refuse: emoji: emoji \U0001f381 (wrapped present) in the subject" in lines
@@ -58,7 +58,7 @@ def test_json_and_several_files(config: Path) -> None:
     plain, attachments, incentive = json.loads(done.stdout)
     assert plain["clean"] and plain["findings"] == [] and plain["order_id"] == "302-1234567-1234567"
     assert attachments["recipients"] == [{"address": "q7x2m4k9z1bc3de@marketplace.amazon.com", "outcome": "refuse",
-                                          "reason": "content", "channel": "reply"}]  # fmt: skip
+                                          "reason": "content", "channel": "reply", "recognised_by": []}]  # fmt: skip
     assert attachments["findings"] == [{"rule": "attachment-type", "action": "refuse", "line": 79,
                                         "evidence": "attachment assembly.zip (application/zip)"}]  # fmt: skip
     assert {f["action"] for f in incentive["findings"]} == {"log"} and not incentive["clean"]

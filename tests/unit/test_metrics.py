@@ -218,3 +218,20 @@ def test_register_size_by_source_is_read_per_scrape(tmp_path: Path) -> None:
     assert value(metrics, "amzguard_optout_entries", source="notice") == 3
     current[0] = OptOutStore(tmp_path / "missing-dir" / "store.sqlite")  # cannot be read: NaN, not a crash
     assert math.isnan(value(metrics, "amzguard_optout_entries", source="cli"))
+
+
+def test_review_recognised_counts_the_strongest_way_and_has_a_series_per_way() -> None:
+    from amzguard.policy import RecognisedBy
+
+    metrics = Metrics()
+    got = samples(metrics)
+    assert {labels for name, labels in got if name == "amzguard_review_recognised_total"} == {
+        frozenset({"by": by.value}.items()) for by in RecognisedBy
+    }
+    recipient = classify_recipient("<blacklisted-40417@amazon.fr>", PATTERNS, smtp=True)
+    by = (RecognisedBy.SENDER, RecognisedBy.SUBJECT)
+    metrics.recipient(Decision(recipient, Outcome.DELIVER_UNMARKED, Reason.CHANNEL, Channel.REVIEW, recognised_by=by),
+                      Mode.ENFORCE)  # fmt: skip
+    metrics.recipient(Decision(recipient, Outcome.REFUSE, Reason.BUYER_MAIL), Mode.ENFORCE)
+    assert value(metrics, "amzguard_review_recognised_total", by="sender") == 1
+    assert sum(value(metrics, "amzguard_review_recognised_total", by=b.value) for b in RecognisedBy) == 1

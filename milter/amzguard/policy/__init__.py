@@ -119,3 +119,10 @@ __all__ = [
     "tag_keyword",
     "tag_value_matches",
 ]
+
+# Review requests recognised without the tag (issue 12): the facts beyond the sender and the entries.
+from .model import NO_ORIGIN, Origin, RecognisedBy  # noqa: E402
+from .recognise import CriterionError, RecogniseEntry, SubjectPattern, client_address, client_network  # noqa: E402
+
+__all__ += ["CriterionError", "NO_ORIGIN", "Origin", "RecognisedBy", "RecogniseEntry", "SubjectPattern",
+            "client_address", "client_network"]  # fmt: skip

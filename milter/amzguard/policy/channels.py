@@ -29,7 +29,10 @@ from .model import (
     CriticalChannelSettings,
     Decision,
     MessageFacts,
+    NO_ORIGIN,
+    Origin,
     Reason,
+    RecognisedBy,
     ReplyChannelSettings,
     ReplyCheck,
     ReviewChannelSettings,
@@ -37,6 +40,7 @@ from .model import (
     StoreQuestions,
     StoreRecord,
 )
+from .recognise import recognising_entry
 
 class ChannelRule(Protocol):
     """One way a message may legitimately reach a buyer."""
@@ -46,8 +50,9 @@ class ChannelRule(Protocol):
     def headers(self) -> tuple[str, ...]:
         """Header field names this rule reads (lower case)."""
 
-    def possible(self, sender: Address) -> bool:
-        """Whether the rule could still grant a message from this sender (answered before headers)."""
+    def possible(self, sender: Address, origin: Origin = NO_ORIGIN) -> bool:
+        """Whether the rule could still grant a message from this sender, with this SASL login and client
+        (answered before headers)."""
 
     def enabled(self) -> bool:
         """Whether the rule can grant anything at all (its channel is on)."""
@@ -84,6 +89,14 @@ class ChannelRule(Protocol):
     def bad_token(self, facts: MessageFacts) -> bool:
         """The message carries this channel's tag with a wrong secret (rules without a tag: never)."""
 
+    def may_carry_secret(self, sender: Address) -> bool:
+        """Whether mail from this sender may carry this channel's secret (then only the end of message
+        deletes it, so it cannot be accepted at DATA)."""
+
+    def recognised_by(self, facts: MessageFacts) -> tuple[RecognisedBy, ...]:
+        """How the rule recognised a message it grants (the decision log's ``recognised_by``; most rules:
+        nothing to say)."""
+
 
 class ChannelBase:
     """What every channel rule shares: on/off and ``allowed_senders`` (its ``settings`` has both), and the
@@ -95,7 +108,7 @@ class ChannelBase:
     vetoes: ClassVar[tuple[Reason, ...]] = ()
     """Every reason ``veto`` can return (the metrics create exactly these series)."""
 
-    def possible(self, sender: Address) -> bool:
+    def possible(self, sender: Address, origin: Origin = NO_ORIGIN) -> bool:
         return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
 
     def enabled(self) -> bool:
@@ -124,6 +137,12 @@ class ChannelBase:
 
     def bad_token(self, facts: MessageFacts) -> bool:
         return False
+
+    def may_carry_secret(self, sender: Address) -> bool:
+        return False
+
+    def recognised_by(self, facts: MessageFacts) -> tuple[RecognisedBy, ...]:
+        return ()
 
 
 @runtime_checkable
@@ -177,8 +196,10 @@ MAX_REFERENCED_IDS = 50
 
 @dataclass(frozen=True, slots=True)
 class ReviewChannel(ChannelBase):
-    """The shop's review-request mailer tags its message with a secret; tagged mail may reach buyers,
-    except a buyer in the opt-out register and an order that already had its one review request."""
+    """The shop's review-request mailer tags its message with a secret, or the message meets an entry of
+    ``channels.review.recognise`` (sender, SASL login, client, subject: policy/recognise.py); such mail
+    may reach buyers, except a buyer in the opt-out register and an order that already had its one review
+    request. Both ways are judged alike from there on (opt-out, one per order, content rules)."""
 
     settings: ReviewChannelSettings
     marked_prefixes: tuple[str, ...] = ()
@@ -192,15 +213,38 @@ class ReviewChannel(ChannelBase):
             return (self.settings.header.casefold(),)
         return (self.settings.header.casefold(), "subject", *CONTENT_HEADERS)
 
+    def possible(self, sender: Address, origin: Origin = NO_ORIGIN) -> bool:
+        # Precise at RCPT: with the tag off (no secret), only a sender, login and client some entry can
+        # still match (its subject is not known yet) keeps a buyer recipient to the end of message.
+        if not self._open_to(sender):
+            return False
+        return bool(self.settings.token) or any(e.possible(sender, origin) for e in self.settings.recognise)
+
+    def _open_to(self, sender: Address) -> bool:
+        return self.settings.enabled and sender_allowed(sender, self.settings.allowed_senders)
+
+    def may_carry_secret(self, sender: Address) -> bool:
+        return bool(self.settings.token) and self._open_to(sender)
+
     def tagged(self, facts: MessageFacts) -> bool:
         """The message carries a valid tag from a sender allowed to use the channel."""
-        if not self.possible(facts.sender):
+        if not self.may_carry_secret(facts.sender):
             return False
         token = self.settings.token
         return any(tag_value_matches(value, token) for value in facts.header_values(self.settings.header))
 
+    def recognised_by(self, facts: MessageFacts) -> tuple[RecognisedBy, ...]:
+        """``(tag,)`` for tagged mail (the tag is asked first: the strongest), else the criteria of the first
+        entry the message meets, else nothing (the channel does not grant it)."""
+        if self.tagged(facts):
+            return (RecognisedBy.TAG,)
+        if not self.settings.recognise or not self._open_to(facts.sender):
+            return ()
+        entry = recognising_entry(self.settings.recognise, facts)
+        return entry.criteria() if entry is not None else ()
+
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
-        return self.tagged(facts)
+        return bool(self.recognised_by(facts))
 
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
         # A missing order id is the content rule missing-order-id now (transaction.py), for review
@@ -215,14 +259,14 @@ class ReviewChannel(ChannelBase):
         return self.settings.enabled
 
     def wants_body(self, facts: MessageFacts) -> bool:
-        # A tagged request without an order id in its subject: the id is searched in the body.
-        return self.tagged(facts) and find_order_id(facts.subject()) is None
+        # A review request without an order id in its subject: the id is searched in the body.
+        return bool(self.recognised_by(facts)) and find_order_id(facts.subject()) is None
 
     def reads_order_id(self, facts: MessageFacts) -> bool:
-        return self.tagged(facts)
+        return bool(self.recognised_by(facts))
 
     def store_questions(self, facts: MessageFacts, buyers: list[Recipient]) -> StoreQuestions:
-        if not self.tagged(facts):
+        if not self.recognised_by(facts):
             return StoreQuestions()
         keys = tuple(dict.fromkeys(key for r in buyers for key in recipient_keys(r, self.marked_prefixes)))
         return StoreQuestions(buyer_keys=keys, order_id=facts.order_id if self.settings.one_per_order else None)

@@ -3,12 +3,17 @@ message, a decision, and what the store is asked and told. Plain frozen data, no
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from ..address import Address, BuyerPatterns, Recipient
 from ..content import ContentSettings, Finding
 from ..orderid import decoded_header
+
+if TYPE_CHECKING:
+    from .recognise import RecogniseEntry
 
 REFUSAL_CODE = "550"
 REFUSAL_STATUS = "5.7.1"
@@ -49,6 +54,18 @@ class Channel(StrEnum):
     """A reply in a thread the buyer started (In-Reply-To/References); passes an opt-out."""
     CRITICAL = "critical"
     """A message needed to complete the order, marked in the subject (``[Important]``); passes an opt-out."""
+
+
+class RecognisedBy(StrEnum):
+    """How a review request was recognised, strongest first (the decision log's ``recognised_by``):
+    the tag needs the secret, a SASL login its password; a client address is met by every process on
+    that host, an envelope sender by every local user and relay client, a subject by every sender."""
+
+    TAG = "tag"
+    SASL = "sasl"
+    CLIENT = "client"
+    SENDER = "sender"
+    SUBJECT = "subject"
 
 
 PROACTIVE_CHANNELS = frozenset({Channel.REVIEW, Channel.CRITICAL})
@@ -111,6 +128,9 @@ class ReviewChannelSettings:
     """Empty: any envelope sender may use the channel. Entries: ``user@domain`` or ``@domain``."""
     one_per_order: bool
     """Refuse a review request for an order that already had one (needs the order id and the store)."""
+    recognise: tuple[RecogniseEntry, ...] = ()
+    """Review requests recognised without the tag (policy/recognise.py); empty: only the tag. With
+    entries the secret is optional (``token`` empty: the tag is off)."""
 
 
 # The settings classes have no defaults: the defaults are the config key table's (config_keys.py), and
@@ -159,6 +179,21 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message comes from beyond its envelope sender, as the MTA says it (None: not known)."""
+
+    sasl_login: str | None = None
+    """Postfix's ``{auth_authen}`` at MAIL FROM: None when the client did not authenticate, when the macro
+    is not sent (``milter_mail_macros``), and on the sendmail(1) path."""
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    """The SMTP client's address (the connect callback's, else ``{client_addr}``); None on the sendmail(1)
+    path, where Postfix's cleanup reports a made-up localhost/127.0.0.1 for every local submission."""
+
+
+NO_ORIGIN = Origin()
+
+
+@dataclass(frozen=True, slots=True)
 class MessageFacts:
     """What the MTA told us about one message, as far as the policy needs it."""
 
@@ -174,6 +209,8 @@ class MessageFacts:
     """Order ids among the asked ones that already had a review request."""
     thread_senders: frozenset[str] = frozenset()
     """Register keys of the buyers who sent the messages this one refers to (In-Reply-To/References)."""
+    origin: Origin = NO_ORIGIN
+    """SASL login and client address (for ``channels.review.recognise``)."""
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.casefold()
@@ -193,6 +230,8 @@ class Decision:
     channel: Channel = Channel.NONE
     findings: tuple[Finding, ...] = ()
     """Content findings for a buyer a channel granted (every action but ``off``)."""
+    recognised_by: tuple[RecognisedBy, ...] = ()
+    """How the granting channel recognised the message (the review channel: tag, or an entry's criteria)."""
 
     @property
     def refused(self) -> bool:
