@@ -428,9 +428,16 @@ def _parse_reply(channels: _Section) -> ReplyChannelSettings:
 
 def _parse_critical(channels: _Section) -> CriticalChannelSettings:
     critical = channels.section("critical")
+    markers = tuple(dict.fromkeys(m.strip() for m in critical.value("markers")))
+    old = critical.value("marker")
+    if critical.given("marker"):
+        # The old single marker (before issue 12) keeps its meaning: exactly that marker, no [Wichtig].
+        if critical.given("markers"):
+            raise critical.error("marker", "not set beside channels.critical.markers (use markers only)", old)
+        markers = (old.strip(),)
     settings = CriticalChannelSettings(
         enabled=critical.value("enabled"),
-        marker=critical.value("marker").strip(),
+        markers=markers,
         allowed_senders=_allowed_senders(critical),
     )
     critical.done()

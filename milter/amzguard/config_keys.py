@@ -165,6 +165,10 @@ def senders(path: str, doc: str = "If set, only these envelope senders may use t
                "the SMTP path.")  # fmt: skip
 
 
+CRITICAL_MARKERS = ("[Important]", "[Wichtig]")
+"""The default critical markers: Amazon's US help names the first, its German help page the second."""
+
+
 RECOGNISE_CRITERIA = ("sender", "sasl_login", "client", "subject")
 """The criteria of one ``channels.review.recognise`` entry (policy/recognise.py)."""
 
@@ -308,9 +312,16 @@ KEYS: tuple[Key, ...] = (
             "to buyers who opted out.",
             "For delivery scheduling, address problems, customisation questions. Amazon has retired this "
             "override in some marketplaces and watches for overuse: switch it off if yours did."),  # fmt: skip
-    text("channels.critical.marker", "[Important]", "Subject marker (brackets included), any letter case, "
-         "anywhere in the subject.", "a subject marker of printable ASCII (max 40 characters)",
-         _one_line(40)),  # fmt: skip
+    Key("channels.critical.markers", "list of strings", CRITICAL_MARKERS, "Subject markers (brackets included): "
+        "any of them, any letter case, anywhere in the subject.",
+        "a non-empty list of subject markers of printable ASCII (max 40 characters each)",
+        lambda v: isinstance(v, list) and bool(v) and all(_one_line(40)(m) for m in v),
+        details="[Important] is Amazon's marker in its US help, [Wichtig] the one its German help page names "
+        "(docs/amazon-facts.md); list only those your marketplaces accept."),
+    text("channels.critical.marker", None, "Old form of channels.critical.markers (one marker); read only when "
+         "set.", "a subject marker of printable ASCII (max 40 characters)", _one_line(40),
+         "Means markers: [MARKER], so a file that names one marker keeps exactly that one; setting both keys "
+         "is an error."),
     senders("channels.critical.allowed_senders"),
     # store
     text("store.path", "/var/lib/amzguard/amzguard.sqlite", "The SQLite store: opt-out register, review "

@@ -198,6 +198,25 @@ def test_opted_out_buyer_still_gets_replies_and_critical_messages(stack: Stack, 
     assert refusal[0] == 550 and "Amazon forbids e-mail about orders" in unfolded(refusal[1])
 
 
+@pytest.mark.parametrize("path", ["smtp", "sendmail"])
+def test_german_critical_marker_passes_an_opt_out(stack: Stack, registered: None, path: str) -> None:
+    """[Wichtig], the marker Amazon's German help page names, is a default marker beside [Important] (issue 12)."""
+    subject = unique_token("[Wichtig] Liefertermin abstimmen") + " Bestellung 302-2000010-3000010"
+    message = make_message(SHOP_SENDER, MARKED_OPTED_OUT, subject)
+    if path == "smtp":
+        assert stack.postfix.smtp(SHOP_SENDER, [MARKED_OPTED_OUT], message).queued
+    else:
+        assert stack.postfix.sendmail(SHOP_SENDER, [MARKED_OPTED_OUT], message).returncode == 0
+    [got] = stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == subject)
+    assert got.rcpts == ["77001@amazon.fr"]
+    stack.milter.wait_log(f"rcpt=<{MARKED_OPTED_OUT}> path={path} stage=eom channel=critical "
+                          "decision=deliver-unmarked reason=channel")  # fmt: skip
+    # Without a marker the same message is order mail.
+    plain = unique_token("Liefertermin abstimmen") + " Bestellung 302-2000010-3000010"
+    refused = stack.postfix.smtp(SHOP_SENDER, [MARKED_OPTED_OUT], make_message(SHOP_SENDER, MARKED_OPTED_OUT, plain))
+    assert (refused.data_reply or refused.rcpt_replies[MARKED_OPTED_OUT])[0] == 550
+
+
 def test_register_change_applies_without_restart(stack: Stack) -> None:
     buyer = "m5m5m5m5m5m5m5m5@marketplace.amazon.it"
     assert optout_cli(stack, "add", buyer).returncode == 0

@@ -180,6 +180,10 @@ def test_message_ids() -> None:
         ("Delivery appointment [IMPORTANT]", DELIVER_CRITICAL),
         ("Your address is incomplete [important] order 302-1234567-7654321", DELIVER_CRITICAL),
         ("=?UTF-8?Q?=5BImportant=5D_Lieferadresse_unvollst=C3=A4ndig?=", DELIVER_CRITICAL),
+        ("[Wichtig] Liefertermin abstimmen", DELIVER_CRITICAL),
+        ("Lieferadresse unvollständig [WICHTIG]", DELIVER_CRITICAL),
+        ("=?ISO-8859-1?Q?=5Bwichtig=5D_Adresse_pr=FCfen?=", DELIVER_CRITICAL),
+        ("Wichtig: Lieferung", REFUSED),
         ("Important: delivery", REFUSED),
         ("[ Important ] delivery", REFUSED),
         ("(Important) delivery", REFUSED),
@@ -194,9 +198,12 @@ def test_critical_marker(subject: str, expected) -> None:
 def test_critical_channel_off_custom_marker_and_sender_list() -> None:
     subject = [("Subject", "[Important] delivery")]
     assert verdict(make_policy(critical={"enabled": False}), facts(subject)) == REFUSED
-    custom = make_policy(critical={"marker": "[Wichtig]"})
+    custom = make_policy(critical={"markers": ("[Wichtig]",)})
     assert verdict(custom, facts([("Subject", "[WICHTIG] Lieferung")])) == DELIVER_CRITICAL
     assert verdict(custom, facts(subject)) == REFUSED
+    several = make_policy(critical={"markers": ("[Important]", "[Importante]")})
+    assert verdict(several, facts([("Subject", "[importante] consegna")])) == DELIVER_CRITICAL
+    assert verdict(several, facts(subject)) == DELIVER_CRITICAL
     limited = make_policy(critical={"allowed_senders": ("orders@shop.test",)})
     assert verdict(limited, facts(subject, sender="<orders@shop.test>")) == DELIVER_CRITICAL
     assert verdict(limited, facts(subject)) == REFUSED

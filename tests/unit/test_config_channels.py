@@ -18,7 +18,7 @@ def test_defaults() -> None:
     policy = config.policy
     assert policy.reply.enabled and policy.reply.check is ReplyCheck.REFERENCE
     assert policy.reply.reference_domains == () and policy.reply.subject_prefixes == ()
-    assert policy.critical.enabled and policy.critical.marker == "[Important]"
+    assert policy.critical.enabled and policy.critical.markers == ("[Important]", "[Wichtig]")
     assert policy.review.one_per_order and policy.content.action(ContentRule.MISSING_ORDER_ID) is ContentAction.LOG
     assert config.store.path == DEFAULT_STORE_PATH
     assert (config.store.on_error, config.store.retention_days) == ("tempfail", 730)
@@ -61,7 +61,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert policy.reply.reference_domains == ("mail.amazon.example",)
     assert policy.reply.subject_prefixes == ("Re:", "AW:")
     assert policy.reply.allowed_senders == ("@helpdesk.shop.test",)
-    assert (policy.critical.enabled, policy.critical.marker) == (False, "[Wichtig]")
+    assert (policy.critical.enabled, policy.critical.markers) == (False, ("[Wichtig]",))  # the old key: that one only
     assert config.store.path == tmp_path.resolve() / "data" / "optout.sqlite"  # relative to the config file
     assert (config.store.on_error, config.store.retention_days) == ("continue", 30)
     assert policy.text_for(Reason.OPTED_OUT) == "Opted out."
@@ -78,6 +78,11 @@ def test_values_are_read(tmp_path: Path) -> None:
         ({"channels": {"reply": {"strict": True}}}, "channels.reply.strict: unknown key"),
         ({"channels": {"critical": {"marker": ""}}}, "channels.critical.marker"),
         ({"channels": {"critical": {"marker": "100% [x]"}}}, "channels.critical.marker"),
+        ({"channels": {"critical": {"markers": []}}}, "channels.critical.markers: expected a non-empty list"),
+        ({"channels": {"critical": {"markers": "[Important]"}}}, "channels.critical.markers"),
+        ({"channels": {"critical": {"markers": ["[Important]", ""]}}}, "channels.critical.markers"),
+        ({"channels": {"critical": {"markers": ["[Important]"], "marker": "[Wichtig]"}}},
+         "channels.critical.marker: expected not set beside channels.critical.markers"),
         ({"channels": {"critical": {"enabled": "no"}}}, "channels.critical.enabled"),
         ({"channels": {"review": {"one_per_order": "yes"}}}, "channels.review.one_per_order"),
         ({"channels": {"review": {"missing_order_id": "drop"}}}, "channels.review.missing_order_id: expected 'allow'"),

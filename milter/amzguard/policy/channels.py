@@ -397,7 +397,8 @@ class ReplyChannel(ChannelBase):
 
 @dataclass(frozen=True, slots=True)
 class CriticalChannel(ChannelBase):
-    """A message needed to complete the order, marked as Amazon asks (``[Important]`` in the subject).
+    """A message needed to complete the order, marked as Amazon asks (``[Important]``, on amazon.de
+    ``[Wichtig]``, in the subject).
 
     Amazon has retired this override in some marketplaces and watches for its overuse, so it can be
     switched off and limited to some senders.
@@ -412,7 +413,8 @@ class CriticalChannel(ChannelBase):
     def grants(self, facts: MessageFacts, recipient: Recipient) -> bool:
         if not self.possible(facts.sender):
             return False
-        return self.settings.marker.casefold() in facts.subject().casefold()
+        subject = facts.subject().casefold()
+        return any(marker.casefold() in subject for marker in self.settings.markers)
 
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
         return None

@@ -151,8 +151,8 @@ class ReplyChannelSettings:
 @dataclass(frozen=True, slots=True)
 class CriticalChannelSettings:
     enabled: bool
-    marker: str
-    """Must appear in the subject, anywhere, in any letter case, brackets included."""
+    markers: tuple[str, ...]
+    """One of them must appear in the subject, anywhere, in any letter case, brackets included."""
     allowed_senders: tuple[str, ...]
 
 
