@@ -388,6 +388,18 @@ def buyer_key(address: Address, marked_prefixes: tuple[str, ...]) -> str:
     return f"{local.casefold()}@{address.domain}"
 
 
+SHARED_BUYER_LOCAL_PARTS = frozenset({"no-reply-amazon-iba-buyer"})
+"""Local parts of relay addresses many buyers share: Amazon Business buyers may all appear as
+``no-reply-amazon-iba-buyer@marketplace.amazon.<tld>`` (docs/amazon-facts.md). An opt-out notice naming one
+says nothing about the others, so such an address is never registered as opted out."""
+
+
+def is_shared_buyer(key: str, patterns: BuyerPatterns) -> bool:
+    """Whether a register key (``buyer_key``) is a shared Amazon Business address of a relay domain."""
+    local, _, domain = key.rpartition("@")
+    return local.casefold() in SHARED_BUYER_LOCAL_PARTS and domain_matches(domain, patterns.relay_domain_set)
+
+
 def recipient_keys(recipient: Recipient, marked_prefixes: tuple[str, ...]) -> tuple[str, ...]:
     """Register keys for every mailbox a recipient may be routed to (the judged address's first)."""
     keys = (buyer_key(form, marked_prefixes) for form in recipient.forms or (recipient.address,))

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from .address import DOMAIN_NAME_RE, BuyerPatterns, buyer_key, parse_address
+from .address import DOMAIN_NAME_RE, BuyerPatterns, buyer_key, is_shared_buyer, parse_address
 from .config import Config
 from .store import OptOut, Store, StoreError, open_store
 from .optout_learn import LearnResult, Outcome, learn, split_messages
@@ -80,8 +80,11 @@ class _Input:
     skipped: list[str]
 
 
-def _read_addresses(items: Iterable[tuple[str, str, str | None]], patterns: BuyerPatterns, source: str) -> _Input:
-    """``items`` are (where, address, order id); where names the argument or line for error messages."""
+def _read_addresses(items: Iterable[tuple[str, str, str | None]], patterns: BuyerPatterns, source: str,
+                    registering: bool = True) -> _Input:  # fmt: skip
+    """``items`` are (where, address, order id); where names the argument or line for error messages.
+    ``registering``: the entries are to be added, so the shared Amazon Business address is skipped (it may
+    still be removed, e.g. when an older version registered it)."""
     result = _Input(entries=[], skipped=[])
     for where, text, order_id in items:
         # Any mailbox is a possible key: a marked buyer (blacklisted-x@shop-domain) is registered as the
@@ -90,6 +93,9 @@ def _read_addresses(items: Iterable[tuple[str, str, str | None]], patterns: Buye
         key = buyer_key(address, patterns.marked_prefixes)
         if not key or not DOMAIN_NAME_RE.match(address.domain) or any(char.isspace() for char in key):
             result.skipped.append(f"{where}: {text.strip()!r} is not an e-mail address")
+        elif registering and is_shared_buyer(key, patterns):
+            result.skipped.append(f"{where}: {text.strip()!r} is the address Amazon Business buyers share; it is "
+                                  "never registered as opted out")  # fmt: skip
         elif order_id and not ORDER_ID_RE.fullmatch(order_id.strip()):
             result.skipped.append(f"{where}: {order_id!r} is not an order id (NNN-NNNNNNN-NNNNNNN)")
         else:
@@ -168,7 +174,7 @@ def _add(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int
 
 
 def _remove(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> int:
-    read = _read_addresses(((f"argument {a!r}", a, None) for a in args.addresses), patterns, "cli")
+    read = _read_addresses(((f"argument {a!r}", a, None) for a in args.addresses), patterns, "cli", registering=False)
     _print_skipped(read.skipped)
     counts = store.remove(entry.buyer for entry in read.entries)
     print(f"removed {counts.changed}, not registered {counts.unchanged}, skipped {len(read.skipped)}")
@@ -257,6 +263,9 @@ def _report(result: LearnResult, kept: Path | None) -> None:
         print(f"{result.outcome}: {result.buyer} ({order}, notice in {result.language}, {result.detail})")
         log.info("opt-out %s: %s (%s, notice in %s, %s)", result.outcome, result.buyer, order, result.language,
                  result.detail)  # fmt: skip
+    elif result.outcome is Outcome.SHARED:
+        log.warning("opt-out notice %s names %s, the address Amazon Business buyers share (%s): not registered, "
+                    "so the other business buyers still get review requests", result.label, result.buyer, order)
     elif result.outcome is Outcome.UNRESOLVED:
         log.warning("unresolved opt-out notice %s (in %s): %s%s", result.label, result.language, result.detail, where)
     else:
@@ -285,7 +294,8 @@ def _learn(args: argparse.Namespace, store: Store, patterns: BuyerPatterns, keep
         return EX_TEMPFAIL
     print(
         f"learned {tally[Outcome.LEARNED] + tally[Outcome.KNOWN]} (new {tally[Outcome.LEARNED]}, already registered "
-        f"{tally[Outcome.KNOWN]}), unresolved {tally[Outcome.UNRESOLVED]}, not recognised {tally[Outcome.UNRECOGNISED]}"
+        f"{tally[Outcome.KNOWN]}), unresolved {tally[Outcome.UNRESOLVED]}, not recognised {tally[Outcome.UNRECOGNISED]}, "
+        f"shared address not registered {tally[Outcome.SHARED]}"
     )
     if not messages:
         log.warning("no message in the input")

@@ -29,7 +29,7 @@ from email.message import Message
 from email.utils import getaddresses
 from enum import StrEnum
 
-from .address import BuyerPatterns, buyer_key, classify_recipient
+from .address import BuyerPatterns, buyer_key, classify_recipient, is_shared_buyer
 from .store import OptOut, Store
 from .orderid import decoded_header, find_order_id, part_text
 
@@ -58,6 +58,9 @@ class Outcome(StrEnum):
     KNOWN = "already registered"
     UNRECOGNISED = "not an opt-out notice"
     UNRESOLVED = "unresolved"
+    SHARED = "shared address, not registered"
+    """The notice names the shared Amazon Business address (``address.is_shared_buyer``): every business
+    buyer may arrive under it, so one buyer's opt-out must not silence all of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,9 @@ def learn(messages: Iterable[Message], store: Store, patterns: BuyerPatterns) ->
         buyer, detail = _resolve(notice, store)
         if buyer is None:
             yield LearnResult(Outcome.UNRESOLVED, label, None, notice.order_id, notice.language, detail)
+            continue
+        if is_shared_buyer(buyer, patterns):
+            yield LearnResult(Outcome.SHARED, label, buyer, notice.order_id, notice.language, detail)
             continue
         counts = store.add([OptOut(buyer, order_id=notice.order_id, source="notice")])
         outcome = Outcome.LEARNED if counts.changed else Outcome.KNOWN

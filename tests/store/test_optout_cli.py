@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from amzguard.store import SqliteStore
+from amzguard.store import OptOut, SqliteStore
 from amzguard.policy import ReviewSent
 
 NOTICES = Path(__file__).resolve().parents[1] / "fixtures" / "notices"
@@ -114,7 +114,7 @@ def test_learn_from_files_and_stdin(cli: Cli) -> None:
         "order id resolved through the review requests sent)",
         "learned: x9y8z7w6v5u4t3s2@marketplace.amazon.co.uk (order 026-1000006-2000006, notice in en, "
         "address in the notice)",
-        "learned 2 (new 2, already registered 0), unresolved 0, not recognised 0",
+        "learned 2 (new 2, already registered 0), unresolved 0, not recognised 0, shared address not registered 0",
     ]
     piped = cli("learn", stdin=b"From MAILER-DAEMON Mon Nov 23 08:00:00 2026\n"
                 + (NOTICES / "de_order_only.eml").read_bytes())  # fmt: skip
@@ -134,10 +134,35 @@ def test_learn_accepts_what_it_cannot_learn_and_says_so(cli: Cli) -> None:
             "(optout.learn.keep_unknown is not set)\n") in done.stderr  # fmt: skip
     assert ("amzguard: warning: unresolved opt-out notice <notice-en-4@amazon.example> (in en): order "
             "302-9999999-9999999 is not among the review requests amzguard remembers, and no address") in done.stderr
-    assert done.stdout.strip() == "learned 0 (new 0, already registered 0), unresolved 1, not recognised 1"
+    assert done.stdout.strip() == ("learned 0 (new 0, already registered 0), unresolved 1, not recognised 1, "
+                                  "shared address not registered 0")
     empty = cli("learn", stdin=b"")
     assert empty.returncode == 0 and "amzguard: warning: no message in the input" in empty.stderr
     assert SqliteStore(cli.db).entries() == []
+
+
+def test_the_shared_business_address_is_never_registered(cli: Cli) -> None:
+    """Amazon Business buyers may all appear as no-reply-amazon-iba-buyer@marketplace.amazon.<tld>: one
+    buyer's opt-out must not silence the others (issue 12). Learned, added or imported: never a row; the
+    notice is still accepted (exit 0), so Postfix's pipe does not bounce it to Amazon."""
+    learned = cli("learn", str(NOTICES / "en_shared_business_address.eml"))
+    assert learned.returncode == 0, learned.stderr
+    assert ("amzguard: warning: opt-out notice <notice-en-iba@amazon.example> names "
+            "no-reply-amazon-iba-buyer@marketplace.amazon.de, the address Amazon Business buyers share (order "
+            "302-1000011-2000011): not registered") in learned.stderr  # fmt: skip
+    assert learned.stdout.strip().endswith("not recognised 0, shared address not registered 1")
+    added = cli("add", "NO-REPLY-AMAZON-IBA-BUYER@marketplace.amazon.com", "blacklisted-no-reply-amazon-iba-buyer@marketplace.amazon.fr",
+                "q7x2k9m4p1z8w3v5@marketplace.amazon.de")  # fmt: skip
+    assert added.returncode == 1  # some input skipped, named on stderr
+    assert added.stdout == "added 1, already registered 0, skipped 2\n"
+    assert added.stderr.count("is the address Amazon Business buyers share") == 2
+    assert [e.buyer for e in SqliteStore(cli.db).entries()] == ["q7x2k9m4p1z8w3v5@marketplace.amazon.de"]
+    # One an older version registered can still be removed.
+    SqliteStore(cli.db).add([OptOut("no-reply-amazon-iba-buyer@marketplace.amazon.de", source="cli")])
+    removed = cli("remove", "no-reply-amazon-iba-buyer@marketplace.amazon.de")
+    assert (removed.returncode, removed.stdout) == (0, "removed 1, not registered 0, skipped 0\n")
+    # On a shop domain the same local part is an ordinary address (not Amazon's shared one).
+    assert cli("add", "no-reply-amazon-iba-buyer@shop.test").stdout == "added 1, already registered 0, skipped 0\n"
 
 
 def test_learn_keeps_what_it_cannot_learn_in_the_configured_directory(cli: Cli, tmp_path: Path) -> None:

@@ -123,3 +123,22 @@ def test_split_messages_single_and_empty() -> None:
     quoted = b"From a@b Mon Nov 23 08:00:00 2026\nSubject: x\n\n>From the start\n"
     [message] = split_messages(quoted)
     assert message.get_payload() == "From the start\n"
+
+
+def test_a_notice_about_the_shared_business_address_registers_nobody(store: SqliteStore) -> None:
+    """The returned original went to the address Amazon Business buyers share (marked, any letter case)."""
+    [result] = learn([load("en_shared_business_address.eml")], store, PATTERNS)
+    assert result.outcome is Outcome.SHARED
+    assert (result.buyer, result.order_id) == ("no-reply-amazon-iba-buyer@marketplace.amazon.de", "302-1000011-2000011")
+    assert store.entries() == []
+
+
+def test_the_shared_address_found_through_the_order_registers_nobody(store: SqliteStore) -> None:
+    """A notice naming only the order, whose review request went to the shared address."""
+    store.record([ReviewSent("302-1000012-2000012", "no-reply-amazon-iba-buyer@marketplace.amazon.co.uk")])
+    notice = (NOTICES / "en_order_only.eml").read_bytes().replace(b"302-1000001-2000001", b"302-1000012-2000012")
+    assert b"302-1000012-2000012" in notice
+    [result] = learn([email.message_from_bytes(notice)], store, PATTERNS)
+    assert result.outcome is Outcome.SHARED, result
+    assert result.buyer == "no-reply-amazon-iba-buyer@marketplace.amazon.co.uk"
+    assert store.entries() == []
