@@ -120,7 +120,7 @@ def test_granted_review_request_reaches_the_right_mailbox(stack: SendmailStack, 
     assert envelope_rcpts(relayed) == [unmarked(row)]
     assert relayed.message.get_all(TAG[0]) is None and REVIEW_TOKEN.encode() not in relayed.raw
     outcome = "deliver-unmarked" if "blacklisted-" in row.rcpt else "deliver"
-    decision(stack, sent, f"path=smtp stage=eom channel=review decision={outcome} reason=channel")
+    decision(stack, sent, f"path=smtp stage=eom channel=review decision={outcome} reason=channel recognised_by=tag")
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.kind == "unresolved"], ids=lambda r: r.rcpt)
@@ -179,7 +179,7 @@ def test_refused_review_request_leaves_no_bounce_with_the_secret(stack: Sendmail
     subject = unique_token("sm-second") + f" {order}"
     second = send(stack, REVIEW_SENDER, ["@a.example:blacklisted-40418@amazon.fr"], subject, tagged=True)
     assert second.result.data_reply is not None and second.result.data_reply[0] == 550, second.result
-    decision(stack, second, "path=smtp stage=eom channel=review decision=refuse reason=duplicate-review")
+    decision(stack, second, "path=smtp stage=eom channel=review decision=refuse reason=duplicate-review recognised_by=tag")
     assert_refused_without_dsn(stack, second, subject)
     assert REVIEW_TOKEN not in stack.sendmail.syslog.text()
 
