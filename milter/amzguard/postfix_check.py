@@ -155,6 +155,8 @@ class Wiring:
     socket directory)."""
     user: str
     """The milter's user (systemd unit ``User=``, or ``--user``)."""
+    sasl_logins: bool = False
+    """Some ``channels.review.recognise`` entry names a ``sasl_login`` (it needs ``{auth_authen}``)."""
 
 
 class MapError(Exception):
@@ -207,6 +209,7 @@ def check_postfix(pf: PostfixSettings, wiring: Wiring, host: Host) -> list[Findi
     check_mappings(pf, wiring, host, report)
     check_files(pf, wiring, host, report)
     check_header_checks(pf, wiring, host, report)
+    check_sasl_macro(pf, wiring, report)
     return report.findings
 
 
@@ -570,3 +573,21 @@ def check_header_checks(pf: PostfixSettings, wiring: Wiring, host: Host, report:
             elif (found[0].split() or [""])[0].upper() != "IGNORE":
                 report.add(severity, label, f"{found[1]} answers {found[0]!r} for the {wiring.tag_header}: header,"
                            f" not IGNORE; list {shipped} first")  # fmt: skip
+
+
+SASL_MACRO = "{auth_authen}"
+
+
+def check_sasl_macro(pf: PostfixSettings, wiring: Wiring, report: _Report) -> None:
+    """Check 8 (issue 12): a ``sasl_login`` recognition entry meets only what smtpd sends as
+    ``{auth_authen}`` at MAIL FROM; Postfix's default ``milter_mail_macros`` has it, a shortened list does
+    not, and then every review request from the logged-in tool is refused as order mail (fail closed, so an
+    error: the channel silently does nothing)."""
+    if not wiring.sasl_logins:
+        return
+    for service in pf.by_program("smtpd") or (None,):  # type: ignore[arg-type]
+        macros = pf.get("milter_mail_macros", service)
+        if SASL_MACRO not in macros.split():
+            report.add(Severity.ERROR, pf.source("milter_mail_macros", service),
+                       f"lacks {SASL_MACRO}: channels.review.recognise's sasl_login entries meet no message; "
+                       f"add {SASL_MACRO} (Postfix's default list has it)")  # fmt: skip

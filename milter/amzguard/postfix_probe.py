@@ -109,6 +109,7 @@ def wiring_from_config(config: Config, user: str) -> Wiring:
         review_enabled=config.policy.review.enabled,
         needs=tuple(user_check.needs(config, config_path)),
         user=user,
+        sasl_logins=any(entry.sasl_login is not None for entry in config.policy.review.recognise),
     )
 
 

@@ -648,3 +648,20 @@ def test_empty_service_override_is_a_warning() -> None:
     found = run(settings(overrides={"smtp": {"smtpd_milters": ""}}))
     assert [(f.severity, f.parameter) for f in found] == [(Severity.WARNING, "smtpd_milters (master.cf smtp/inet -o)")]
     assert "content filter" in found[0].text
+
+
+DEFAULT_MAIL_MACROS = "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}"
+"""Postfix's default milter_mail_macros (DEF_MILT_MAIL_MACROS in src/milter/milter.h)."""
+
+
+def test_sasl_login_entries_need_auth_authen_in_the_mail_macros() -> None:
+    sasl = replace(WIRING, sasl_logins=True)
+    assert run(settings(milter_mail_macros=DEFAULT_MAIL_MACROS), wiring=sasl) == []
+    found = run(settings(milter_mail_macros="i {mail_addr}"), wiring=sasl)
+    assert [(f.severity, f.parameter) for f in found] == [(Severity.ERROR, "milter_mail_macros")]
+    assert "lacks {auth_authen}" in found[0].text
+    # A submission service that overrides the list is checked on its own.
+    overridden = settings(milter_mail_macros=DEFAULT_MAIL_MACROS, overrides={"smtp": {"milter_mail_macros": "i"}})
+    assert [f.parameter for f in run(overridden, wiring=sasl)] == ["milter_mail_macros (master.cf smtp/inet -o)"]
+    # Without sasl_login entries the macro list is none of amzguard's business.
+    assert run(settings(milter_mail_macros="i {mail_addr}")) == []
