@@ -30,6 +30,7 @@ from .transaction import Judgement, Transaction
 from .policy.recognise import IPAddress, client_address
 from .policy import (
     AddRecipient,
+    ChangeHeader,
     Decision,
     DeleteHeader,
     DeleteRecipient,
@@ -638,6 +639,12 @@ class AmzguardMilter(Milter.Base):
                     self.addrcpt(address, params)
                 case DeleteHeader(name=name, index=index):
                     self.chgheader(name, index, None)
+                case ChangeHeader(name=name, index=index, value=value):
+                    self.chgheader(name, index, value)
+        if plan.kept_fields and plan.reject is None:
+            log.warning("%s: visible %s kept unchanged: names the marked address but cannot be rewritten safely",
+                        self.queue_id(), ", ".join(plan.kept_fields))  # fmt: skip
+            self.metrics.field_kept(len(plan.kept_fields))
         if plan.reject is not None:
             self.setreply(plan.reject.code, plan.reject.status, plan.reject.text)
             self._finish_message(MessageResult.REJECTED)

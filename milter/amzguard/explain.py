@@ -22,6 +22,7 @@ from .policy import (
     AddRecipient,
     Channel,
     Decision,
+    ChangeHeader,
     DeleteHeader,
     DeleteRecipient,
     MessageFacts,
@@ -189,6 +190,9 @@ def plan_lines(plan: MessagePlan | None, mode: Mode) -> list[str]:
                 lines.append(f"  add recipient {address}" + (f" {' '.join(esmtp)}" if esmtp else ""))
             case DeleteHeader(name=name, index=index):
                 lines.append(f"  delete header {name} (field {index})")
+            case ChangeHeader(name=name, index=index, value=value):
+                lines.append(f"  rewrite header {name} (field {index}) to: {' '.join(value.split())}")
+    lines += [f"  keep header {field}: names the marked address, cannot be rewritten safely" for field in plan.kept_fields]
     return lines
 
 

@@ -27,7 +27,7 @@ from .content.reader import decoded_header
 from .decision_log import bracketed
 from .explain import judge, plan_lines, recognised_text
 from .store import Store, open_store
-from .policy import NO_ORIGIN, Mode, Origin, Policy, SubmissionPath
+from .policy import NO_ORIGIN, ChangeHeader, Mode, Origin, Policy, SubmissionPath
 from .transaction import Judgement
 
 EXIT_CLEAN = 0
@@ -135,6 +135,11 @@ def json_object(result: LintResult) -> dict[str, object]:
         ],
         "order_id": judgement.facts.order_id,
         "refused_whole": plan.reject.text if plan is not None and plan.reject is not None else None,
+        "rewritten_headers": [
+            {"name": c.name, "index": c.index, "value": c.value}
+            for c in (plan.changes if plan is not None and plan.reject is None else ())
+            if isinstance(c, ChangeHeader)
+        ],
         "removed_headers": sorted({f.header for f in judgement.findings if f.action is ContentAction.REMOVE and f.header}),
         "note": result.store_note,
     }

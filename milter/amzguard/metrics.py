@@ -163,6 +163,13 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        # issue 12 item 2 (visible To:/Cc: rewrite)
+        self.fields_kept = Counter(
+            "visible_fields_kept",
+            "To:/Cc: fields naming an unmarked recipient's marked address that could not be rewritten safely",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.bad_tokens = Counter(
             "channel_tags_bad_token",
             "Messages carrying a channel tag header whose secret is wrong",
@@ -301,6 +308,9 @@ class Metrics:
 
     def content_finding(self, finding: Finding) -> None:
         self.content_findings.labels(finding.rule.value, finding.action.value).inc()
+
+    def field_kept(self, count: int) -> None:
+        self.fields_kept.inc(count)
 
     def bad_token(self, channel: Channel) -> None:
         self.bad_tokens.labels(channel.value).inc()

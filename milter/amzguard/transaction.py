@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from .address import Address, Recipient, classify_recipient
+from .policy.visible_recipients import ADDRESS_FIELDS
 from .content import (
     BodyScanner,
     needs_any_body,
@@ -38,6 +39,7 @@ from .content import (
 )
 from .content.rules import ATTACHMENT_RULES, order_id_in_view
 from .policy import (
+    AddressField,
     Channel,
     Decision,
     MessageFacts,
@@ -57,6 +59,8 @@ from .policy import (
 MAX_FIELDS_PER_HEADER = 50
 MAX_HEADER_VALUE = 8192
 """Only short header fields matter to the policy (tags, subjects); longer ones are cut to bound memory."""
+MAX_ADDRESS_FIELD = 32768
+"""A To:/Cc: longer than this is kept only in part and never rewritten (a long Cc list is ~2 KB)."""
 
 
 
@@ -106,6 +110,9 @@ class Transaction:
         self.rcpt_decisions: list[Decision] = []
         self.headers: list[HeaderField] = []
         self.header_counts: dict[str, int] = {}
+        self.address_fields: list[AddressField] = []
+        """To:/Cc: fields, kept only when some recipient may be unmarked (the visible To: follows it)."""
+        self._unmarking: bool | None = None
         self._line = 0
         """Lines of header read so far (the message line of the next field is this + 1)."""
         self._body_wanted: bool | None = None
@@ -157,6 +164,8 @@ class Transaction:
             )
         counts = self.header_counts
         seen = counts[key] = counts.get(key, 0) + 1
+        if key in ADDRESS_FIELDS and seen <= MAX_FIELDS_PER_HEADER:
+            self._address_field(name, seen, value)
         if line is not None:
             self._line = line - 1
         line = self._line + 1
@@ -169,6 +178,23 @@ class Transaction:
             self._line += value.count("\n") + 1
             if seen <= MAX_FIELDS_PER_HEADER and key in wanted:
                 self.headers.append(HeaderField(name, value[:MAX_HEADER_VALUE], line))
+
+    def _address_field(self, name: str, index: int, value: str | bytes) -> None:
+        if self._unmarking is None:
+            self._unmarking = any(r.unmarked for r in self.recipients)
+        if not self._unmarking:
+            return
+        complete = len(value) <= MAX_ADDRESS_FIELD
+        if isinstance(value, bytes):
+            try:
+                text = value[:MAX_ADDRESS_FIELD].decode("utf-8")
+            except UnicodeDecodeError:
+                # Not UTF-8: rewriting would have to guess its charset; it stays as it is (counted).
+                text, complete = value[:MAX_ADDRESS_FIELD].decode("utf-8", "replace"), False
+        else:
+            text = value[:MAX_ADDRESS_FIELD]
+            complete = complete and not any("\udc80" <= char <= "\udcff" for char in text)
+        self.address_fields.append(AddressField(name, index, text, complete))
 
     def header_facts(self) -> MessageFacts:
         facts = self._header_facts
@@ -260,7 +286,8 @@ class Transaction:
         decisions = [self._with_content(decision, verdicts) for decision in decisions]
         findings = tuple(dict.fromkeys(f for verdict in verdicts.values() for f in verdict.findings))
         reached_eom = bool(self.recipients) or (policy.settings.mode is Mode.MONITOR and bool(self.rcpt_decisions))
-        plan = policy.plan(facts, tuple(decisions), self.header_counts) if reached_eom else None
+        fields = tuple(self.address_fields)
+        plan = policy.plan(facts, tuple(decisions), self.header_counts, fields) if reached_eom else None
         records = policy.store_records(facts, decisions) if plan is not None and plan.reject is None else ()
         return Judgement(
             facts=facts,

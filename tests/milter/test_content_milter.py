@@ -100,8 +100,12 @@ def test_lint_and_the_milter_agree_on_every_fixture(milter: MilterProcess, path_
             assert final.fields["text"] == f"5.7.1 {result['refused_whole']}", where
         else:
             assert final.command == c.SMFIR_ACCEPT, (where, eom)
-            deleted = {edit.fields["name"] for edit in edits if edit.command == c.SMFIR_CHGHEADER}
+            changed = [edit.fields for edit in edits if edit.command == c.SMFIR_CHGHEADER]
+            deleted = {edit["name"] for edit in changed if not edit["value"]}
             assert deleted - {"X-Amzguard-Channel"} == set(result["removed_headers"]), where
+            # A marked buyer's visible To:/Cc: rewritten (issue 12 item 2), as lint says.
+            rewritten = [{"name": e["name"], "index": e["index"], "value": e["value"]} for e in changed if e["value"]]
+            assert rewritten == result["rewritten_headers"], where
     # The fixtures exercise every kind of outcome of the content rules.
     assert {"content", "channel"} <= seen_reasons
 

@@ -99,3 +99,18 @@ def test_errors_exit_2(config: Path, tmp_path: Path) -> None:
 def test_stdin(config: Path) -> None:
     done = lint(config, "-", stdin=(FIXTURES / "en_plain_review.eml").read_bytes())
     assert done.returncode == 0 and done.stdout.startswith("-: from <shop@shop.example>")
+
+
+def test_a_marked_buyer_shows_the_visible_to_rewrite(config: Path, tmp_path: Path) -> None:
+    """issue 12 item 2: lint shows the To: rewrite the milter would make (text and JSON)."""
+    source = (FIXTURES / "en_plain_review.eml").read_bytes()
+    marked = source.replace(b"q7x2m4k9z1bc3de@marketplace.amazon.com", b"blacklisted-q7x2m4k9z1bc3de@marketplace.amazon.com")
+    file = tmp_path / "marked.eml"
+    file.write_bytes(marked)
+    done = lint(config, str(file))
+    assert done.returncode == 0, done.stderr
+    rewrites = [line for line in done.stdout.splitlines() if "rewrite header To (field 1) to:" in line]
+    assert len(rewrites) == 1 and rewrites[0].endswith("to: q7x2m4k9z1bc3de@marketplace.amazon.com"), done.stdout
+    [result] = json.loads(lint(config, "--format", "json", str(file)).stdout)
+    [rewrite] = result["rewritten_headers"]
+    assert rewrite["name"] == "To" and "blacklisted-" not in rewrite["value"]

@@ -16,7 +16,9 @@ re-exported here, so ``from amzguard.policy import X`` keeps working.
 from ..address import format_address
 from .actions import (
     AddRecipient,
+    AddressField,
     Change,
+    ChangeHeader,
     DeleteHeader,
     DeleteRecipient,
     MessagePlan,
@@ -79,6 +81,8 @@ __all__ = [
     "CriticalChannelSettings",
     "Decision",
     "DeleteHeader",
+    "AddressField",
+    "ChangeHeader",
     "DeleteRecipient",
     "MAX_REFERENCED_IDS",
     "MessageFacts",

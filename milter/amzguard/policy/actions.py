@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..address import Recipient
 from ..content import ContentAction
+from .visible_recipients import marked_key, rewrite_field
 from .model import REFUSAL_CODE, REFUSAL_STATUS, Decision, MessageFacts, MixedRecipients, Mode, Outcome, PolicySettings, Reason
 
 if TYPE_CHECKING:
@@ -41,7 +42,29 @@ class DeleteHeader:
     """1-based among the fields of that name, as smfi_chgheader counts."""
 
 
-Change = DeleteRecipient | AddRecipient | DeleteHeader
+@dataclass(frozen=True, slots=True)
+class ChangeHeader:
+    """Replace a field's value (smfi_chgheader): the visible To:/Cc: that named a marked address."""
+
+    name: str
+    index: int
+    """1-based among the fields of that name, as smfi_chgheader counts."""
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddressField:
+    """A To:/Cc: field as the message has it, collected only when some recipient may be unmarked."""
+
+    name: str
+    index: int
+    """1-based among the fields of that name."""
+    value: str
+    complete: bool = True
+    """False when the transaction kept only part of it (too long): such a field is never rewritten."""
+
+
+Change = DeleteRecipient | AddRecipient | DeleteHeader | ChangeHeader
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +77,9 @@ class MessagePlan:
 
     reject: Reject | None
     changes: tuple[Change, ...] = ()
+    kept_fields: tuple[str, ...] = ()
+    """``To``/``Cc`` fields naming an unmarked recipient's marked address that could not be rewritten
+    safely (``Name[index]``): they stay as they are; the adapter logs and counts them."""
 
 
 def _xtext(text: str) -> str | None:
@@ -87,7 +113,11 @@ def orcpt_parameter(recipient: Recipient) -> tuple[str, ...]:
 
 
 def plan_message(
-    policy: Policy, facts: MessageFacts, decisions: tuple[Decision, ...], header_counts: dict[str, int]
+    policy: Policy,
+    facts: MessageFacts,
+    decisions: tuple[Decision, ...],
+    header_counts: dict[str, int],
+    address_fields: tuple[AddressField, ...] = (),
 ) -> MessagePlan:
     """Turn the end-of-message decisions into one plan.
 
@@ -106,6 +136,7 @@ def plan_message(
     if refused and (not delivered or settings.mixed_recipients is MixedRecipients.REJECT or not deletes_certain):
         return MessagePlan(reject=Reject(grouped_refusal_text(settings, refused)), changes=tuple(header_changes))
     changes: list[Change] = []
+    unmarked: dict[str, str] = {}
     for decision in refused:
         changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
         changes.append(
@@ -121,10 +152,32 @@ def plan_message(
             # no relay address: the buyer gets only the unmarked copy (docs/recipients.md).
             changes.extend(DeleteRecipient(text) for text in decision.recipient.delete_forms)
             changes.append(AddRecipient(f"<{decision.recipient.unmarked}>"))
+            marked = decision.recipient.address
+            unmarked[marked_key(marked.local, marked.domain)] = decision.recipient.unmarked
+    field_changes, kept = _rewritten_fields(address_fields, unmarked)
     # Content findings with action remove (List-Unsubscribe): the fields go, the message passes.
     removed = {f.header for d in delivered for f in d.findings if f.action is ContentAction.REMOVE and f.header}
     content_changes = _deleted_headers(sorted(removed, key=str.casefold), header_counts)
-    return MessagePlan(reject=None, changes=(*changes, *header_changes, *content_changes))
+    return MessagePlan(
+        reject=None, changes=(*changes, *field_changes, *header_changes, *content_changes), kept_fields=kept
+    )
+
+
+def _rewritten_fields(
+    fields: tuple[AddressField, ...], unmarked: dict[str, str]
+) -> tuple[list[Change], tuple[str, ...]]:
+    """The visible To:/Cc: follow the envelope: each field naming a marked address that was unmarked."""
+    if not unmarked:
+        return [], ()
+    changes: list[Change] = []
+    kept: list[str] = []
+    for field in fields:
+        rewrite = rewrite_field(field.value, unmarked)
+        if rewrite.value is not None and field.complete:
+            changes.append(ChangeHeader(field.name, field.index, rewrite.value))
+        elif rewrite.replaced:
+            kept.append(f"{field.name}[{field.index}]")
+    return changes, tuple(kept)
 
 
 def _deleted_headers(names: Iterable[str], header_counts: dict[str, int]) -> list[Change]:

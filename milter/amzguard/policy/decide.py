@@ -215,9 +215,13 @@ class Policy:
         return Reject(refusal_text(self.settings.text_for(reason), [recipient]))
 
     def plan(
-        self, facts: MessageFacts, decisions: tuple[Decision, ...], header_counts: dict[str, int]
+        self,
+        facts: MessageFacts,
+        decisions: tuple[Decision, ...],
+        header_counts: dict[str, int],
+        address_fields: tuple[AddressField, ...] = (),
     ) -> MessagePlan:
-        return plan_message(self, facts, decisions, header_counts)
+        return plan_message(self, facts, decisions, header_counts, address_fields)
 
 
 CHANNEL_RULES: tuple[type, ...] = (ReviewChannel, ReplyChannel, CriticalChannel)
