@@ -77,3 +77,41 @@ def test_restriction_is_asked_only_for_proactive_messages_to_buyers() -> None:
 def test_restricted_iff_its_marketplace_or_all_is(restricted: set[str]) -> None:
     got = verdict(make_policy(), facts([TAG], restricted=frozenset(restricted)))[1]
     assert (got is Reason.MESSAGING_RESTRICTED) == bool(restricted & {"de", ALL})
+
+
+def test_the_gauges_are_read_from_the_store_per_scrape(tmp_path) -> None:
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from amzguard.metrics import Metrics
+    from amzguard.policy.restriction import Restriction
+    from amzguard.store import SqliteStore, StoreError
+
+    store = SqliteStore(tmp_path / "s.sqlite")
+    metrics = Metrics()
+    current: list[object] = [store]
+    metrics.watch_register(lambda: current[0])  # type: ignore[arg-type, return-value]
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
+                if s.name.startswith("amzguard_messaging_restriction")}  # fmt: skip
+
+    assert scrape() == {("amzguard_messaging_restrictions", ()): 0}
+    store.restrict([Restriction("de", int(time.time()) + 3600), Restriction("fr", int(time.time()) - 1)])
+    got = scrape()  # another process (optout learn, another host) wrote it: seen at the next scrape
+    assert got[("amzguard_messaging_restrictions", ())] == 1
+    assert 3500 < got[("amzguard_messaging_restriction_seconds_remaining", (("marketplace", "de"),))] <= 3600
+    assert len(got) == 2  # the ended fr restriction is not exported
+
+    class Broken:
+        def restrictions(self) -> list[Restriction]:
+            raise StoreError("down")
+
+        def counts_by_source(self) -> dict[str, int]:
+            raise StoreError("down")
+
+    current[0] = Broken()
+    value = scrape()[("amzguard_messaging_restrictions", ())]
+    assert value != value  # NaN: unknown, not "no restriction"
