@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, optout_cli, store_cli
+from . import __version__, optout_cli, restriction_cli, store_cli
 from .config import Config, ConfigError, config_path_from_env, load_config
 from .log_output import configure_logging
 from .policy import Origin
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     _origin_options(lint)
     optout_cli.add_parser(commands, with_config)
     store_cli.add_parser(commands, with_config)
+    restriction_cli.add_parser(commands, with_config)
     doctor = with_config(
         commands.add_parser("check-postfix", help="check Postfix's wiring to amzguard on this host (exit 1: findings)")
     )
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(config, args)
     if args.command == "store":
         return store_cli.run(args, config)
+    if args.command == "restriction":
+        return restriction_cli.run(args, config)
     if args.command == "check-postfix":
         return _check_postfix(config, args)
     if args.command == "lint":

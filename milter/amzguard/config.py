@@ -51,6 +51,7 @@ REASON_TEXT_KEYS: dict[Reason, str] = {
     Reason.UNRESOLVED_ROUTE: "unresolved_route_text",
     # The findings follow this text in the SMTP reply and bounce ("...: foreign-link: link to ...").
     Reason.CONTENT: "content_text",
+    Reason.MESSAGING_RESTRICTED: "messaging_restricted_text",
 }
 DEFAULT_REASON_TEXTS: dict[Reason, str] = {
     reason: BY_PATH[f"refusal.{key}"].default for reason, key in REASON_TEXT_KEYS.items()
@@ -123,6 +124,14 @@ class LearnSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RestrictionSettings:
+    """Amazon's messaging restrictions (policy/restriction.py): how long one holds, how a notice reads."""
+
+    days: int
+    notice_phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SecretFile:
     """A secret file the running service must be able to read (``check-config --user`` checks it)."""
 
@@ -144,6 +153,7 @@ class Config:
     """The same as ``policy.content`` (the content rules judge what the policy's channels grant)."""
     secret_files: tuple[SecretFile, ...] = ()
     """The secret files this configuration read (only those of features that are on)."""
+    restriction: RestrictionSettings = RestrictionSettings(30, ())
 
     @property
     def log_level(self) -> str:
@@ -506,6 +516,13 @@ def _parse_learn(top: _Section) -> LearnSettings:
     return LearnSettings(keep_unknown=Path(keep) if keep else None)
 
 
+def _parse_restriction(top: _Section) -> RestrictionSettings:
+    section = top.section("restriction")
+    days, phrases = section.value("days"), section.value("notice_phrases")
+    section.done()
+    return RestrictionSettings(days=days, notice_phrases=tuple(" ".join(p.casefold().split()) for p in phrases))
+
+
 def _reason_texts(refusal: _Section) -> tuple[tuple[Reason, str], ...]:
     return tuple((reason, refusal.value(key).strip()) for reason, key in REASON_TEXT_KEYS.items())
 
@@ -561,6 +578,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
     logging_settings, log_addresses = _parse_logging(top, path, buyers.marked_prefixes, secrets)
     metrics = _parse_metrics(top)
     learn = _parse_learn(top)
+    restriction = _parse_restriction(top)
     top.done()
 
     policy = PolicySettings(
@@ -586,6 +604,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         learn=learn,
         content=content,
         secret_files=tuple(secrets),
+        restriction=restriction,
     )
 
 

@@ -37,6 +37,7 @@ from .content import (
     ContentRule,
 )
 from .policy import MissingOrderId, MixedRecipients, Mode, ReplyCheck
+from .policy.restriction import NOTICE_TEXT
 from .privacy import AddressStyle
 
 # -- checks on YAML values -------------------------------------------------------------------------------
@@ -252,6 +253,9 @@ KEYS: tuple[Key, ...] = (
          "certain (refused by amzguard)",
          "Refusal text for a buyer address whose routed destination amzguard cannot be sure of (%, !, @ in "
          "the local part without Postfix's resolved {rcpt_addr})."),
+    line("refusal.messaging_restricted_text", "Amazon restricted this account from proactive messages to this "
+         "marketplace; replies still work (refused by amzguard)",
+         "Refusal text for a review request or critical message while a messaging restriction holds."),
     # channels.review
     boolean("channels.review.enabled", False, "The review channel: tagged review requests may reach buyers.",
             "The shop's review-request mailer adds \"X-Amzguard-Channel: review SECRET\"; such mail may reach "
@@ -394,6 +398,14 @@ KEYS: tuple[Key, ...] = (
          "is never bounced (that would send backscatter to Amazon): it is logged, accepted (exit 0) and, "
          "with this key, written to a new file in this directory (like a maildir's new/), which must be "
          "writable by the pipe transport's user.", "directory path"),
+    # restriction (issue 12 item 4; policy/restriction.py)
+    integer("restriction.days", 30, 1, 365, "days", "Days a restriction learned from Amazon's notice (or "
+            "added without --days) holds.", "Tools report 5 to 30 days; amzguard restriction clear ends it early."),
+    Key("restriction.notice_phrases", "list of strings", (NOTICE_TEXT,), "Phrases that make a message to the "
+        "learn address a restriction notice (any letter case, white space runs as one space).",
+        "a non-empty list of phrases (max 200 characters each)",
+        lambda v: is_str_list(v) and bool(v) and all(0 < len(p.strip()) <= 200 for p in v),  # type: ignore[union-attr]
+        "The default is Amazon's known English note; add the wording of other languages as notices arrive."),
     # content (issue 11; docs/content-rules.md)
     integer("content.max_bytes", DEFAULT_MAX_BYTES, 4096, 16 * 1024 * 1024, "bytes",
             "Decoded text read per message for the content rules (attachments are measured, not read)."),

@@ -346,6 +346,7 @@ class Metrics:
         ``store_of`` gives the running config's store, or None when that config does not use one.
         """
         self.registry.register(_RegisterCollector(store_of))
+        self.registry.register(_RestrictionCollector(store_of))
 
     @contextmanager
     def deciding(self, stage: DecisionStage) -> Iterator[None]:
@@ -430,3 +431,30 @@ class _RegisterCollector(Collector):
         for source in SOURCES:
             family.add_metric([source], float("nan") if counts is None else counts.get(source, 0))
         yield family
+
+
+class _RestrictionCollector(Collector):
+    """Amazon's messaging restrictions in force, read from the store per scrape (the ``restriction`` table:
+    a few rows by primary key), so every host of a fleet shows one learned on another."""
+
+    def __init__(self, store_of: Callable[[], Store | None]) -> None:
+        self._store_of = store_of
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        count = GaugeMetricFamily(f"{NAMESPACE}_messaging_restrictions", "Messaging restrictions in force "
+                                  "(review requests and critical messages there are refused); NaN while the "
+                                  "store cannot be read")  # fmt: skip
+        remaining = GaugeMetricFamily(f"{NAMESPACE}_messaging_restriction_seconds_remaining",
+                                      "Seconds until the messaging restriction of a marketplace ends (*: all)",
+                                      labels=["marketplace"])  # fmt: skip
+        store = self._store_of()
+        now = time.time()
+        try:
+            rows = [r for r in store.restrictions() if r.until > now] if store is not None else []
+        except StoreError:
+            rows = None
+        count.add_metric([], float("nan") if rows is None else len(rows))
+        for row in rows or ():
+            remaining.add_metric([row.marketplace], row.until - now)
+        yield count
+        yield remaining

@@ -33,7 +33,7 @@ from typing import TextIO
 from .address import DOMAIN_NAME_RE, BuyerPatterns, buyer_key, is_shared_buyer, parse_address
 from .config import Config
 from .store import OptOut, Store, StoreError, open_store
-from .optout_learn import LearnResult, Outcome, learn, split_messages
+from .optout_learn import LearnResult, Outcome, RestrictionNotices, learn, split_messages
 from .orderid import ORDER_ID_RE
 
 log = logging.getLogger("amzguard.learn")
@@ -155,7 +155,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         store = open_store(config.store)
         if args.optout_command == "learn":
-            return _learn(args, store, patterns, config.learn.keep_unknown)
+            notices = RestrictionNotices(config.restriction.notice_phrases, config.restriction.days)
+            return _learn(args, store, patterns, config.learn.keep_unknown, notices)
         return _COMMANDS[args.optout_command](args, store, patterns)
     except StoreError as exc:
         _error(f"opt-out store unavailable: {exc}")
@@ -263,6 +264,10 @@ def _report(result: LearnResult, kept: Path | None) -> None:
         print(f"{result.outcome}: {result.buyer} ({order}, notice in {result.language}, {result.detail})")
         log.info("opt-out %s: %s (%s, notice in %s, %s)", result.outcome, result.buyer, order, result.language,
                  result.detail)  # fmt: skip
+    elif result.outcome is Outcome.RESTRICTED:
+        print(f"{result.outcome}: {result.detail} ({result.label})")
+        log.warning("messaging restriction recorded from notice %s: %s; review requests and critical messages "
+                    "there are refused until it ends (amzguard restriction list)", result.label, result.detail)
     elif result.outcome is Outcome.SHARED:
         log.warning("opt-out notice %s names %s, the address Amazon Business buyers share (%s): not registered, "
                     "so the other business buyers still get review requests", result.label, result.buyer, order)
@@ -272,7 +277,8 @@ def _report(result: LearnResult, kept: Path | None) -> None:
         log.warning("not an opt-out notice: %s%s", result.label, where)
 
 
-def _learn(args: argparse.Namespace, store: Store, patterns: BuyerPatterns, keep: Path | None = None) -> int:
+def _learn(args: argparse.Namespace, store: Store, patterns: BuyerPatterns, keep: Path | None = None,
+           notices: RestrictionNotices | None = None) -> int:  # fmt: skip
     messages = []
     for name in args.files or ["-"]:
         try:
@@ -284,7 +290,7 @@ def _learn(args: argparse.Namespace, store: Store, patterns: BuyerPatterns, keep
     # Learned opt-outs reach Prometheus through the milter: amzguard_optout_entries{source="notice"}.
     tally = {outcome: 0 for outcome in Outcome}
     try:
-        for number, (message, result) in enumerate(zip(messages, learn(messages, store, patterns))):
+        for number, (message, result) in enumerate(zip(messages, learn(messages, store, patterns, notices))):
             tally[result.outcome] += 1
             unlearned = result.outcome in (Outcome.UNRESOLVED, Outcome.UNRECOGNISED)
             kept = keep_message(keep, _raw(message), number) if unlearned and keep is not None else None
@@ -297,6 +303,8 @@ def _learn(args: argparse.Namespace, store: Store, patterns: BuyerPatterns, keep
         f"{tally[Outcome.KNOWN]}), unresolved {tally[Outcome.UNRESOLVED]}, not recognised {tally[Outcome.UNRECOGNISED]}, "
         f"shared address not registered {tally[Outcome.SHARED]}"
     )
+    if tally[Outcome.RESTRICTED]:
+        print(f"restriction notices {tally[Outcome.RESTRICTED]}")
     if not messages:
         log.warning("no message in the input")
     return EX_OK

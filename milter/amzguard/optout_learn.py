@@ -30,6 +30,7 @@ from email.utils import getaddresses
 from enum import StrEnum
 
 from .address import BuyerPatterns, buyer_key, classify_recipient, is_shared_buyer
+from .policy.restriction import Restriction, restriction_notice
 from .store import OptOut, Store
 from .orderid import decoded_header, find_order_id, part_text
 
@@ -58,6 +59,8 @@ class Outcome(StrEnum):
     KNOWN = "already registered"
     UNRECOGNISED = "not an opt-out notice"
     UNRESOLVED = "unresolved"
+    RESTRICTED = "restriction recorded"
+    """Amazon's notice that the account was restricted from proactive messages (policy/restriction.py)."""
     SHARED = "shared address, not registered"
     """The notice names the shared Amazon Business address (``address.is_shared_buyer``): every business
     buyer may arrive under it, so one buyer's opt-out must not silence all of them."""
@@ -191,13 +194,40 @@ def _label(message: Message) -> str:
 # -- resolving and recording ------------------------------------------------------------------------
 
 
-def learn(messages: Iterable[Message], store: Store, patterns: BuyerPatterns) -> Iterator[LearnResult]:
-    """Record the opt-out of each recognised notice; yield one result per message.
+@dataclass(frozen=True, slots=True)
+class RestrictionNotices:
+    """How a restriction notice reads (``restriction.notice_phrases``) and how long it holds."""
+
+    phrases: tuple[str, ...]
+    days: int
+
+
+def _restriction(message: Message, notices: RestrictionNotices, store: Store) -> LearnResult | None:
+    """A restriction notice recorded (per marketplace the notice names, else all), or None if it is none."""
+    text, attached = _own_text_and_attachments(message)
+    senders = [address for _, address in getaddresses([str(v) for v in message.get_all("From", [])])]
+    marketplaces = restriction_notice(text, notices.phrases, (a.rpartition("@")[2] for a in senders))
+    if marketplaces is None:
+        return None
+    until = int(store.clock()) + notices.days * 86400
+    counts = store.restrict(Restriction(m, until, "notice") for m in marketplaces)
+    detail = f"{', '.join(marketplaces)} for {notices.days} days" + ("" if counts.changed else " (already held longer)")
+    return LearnResult(Outcome.RESTRICTED, _label(message), detail=detail)
+
+
+def learn(messages: Iterable[Message], store: Store, patterns: BuyerPatterns,
+          restrictions: RestrictionNotices | None = None) -> Iterator[LearnResult]:  # fmt: skip
+    """Record the opt-out of each recognised notice, or the restriction of a restriction notice; yield one
+    result per message.
 
     Raises ``StoreError`` when the store cannot be used (the caller tempfails: nothing is lost).
     """
     for message in messages:
         label = _label(message)
+        restricted = _restriction(message, restrictions, store) if restrictions else None
+        if restricted is not None:
+            yield restricted
+            continue
         notice = read_notice(message, patterns)
         if notice is None:
             yield LearnResult(Outcome.UNRECOGNISED, label)

@@ -105,7 +105,8 @@ def _copy(source: Store, target: Store) -> int:
     entries, reviews, messages = source.entries(), source.review_rows(), source.message_rows()
     added = target.add(entries)
     rows = target.put_rows(reviews, messages)
+    restricted = target.restrict(source.restrictions())
     print(f"copied from {source.location} to {target.location}: opt-outs {added.changed} added, "
           f"{added.unchanged} already there; review requests and buyer messages {rows.changed} added, "
-          f"{rows.unchanged} already there")  # fmt: skip
+          f"{rows.unchanged} already there; restrictions {restricted.changed} added or extended")  # fmt: skip
     return EX_OK

@@ -131,6 +131,24 @@ def test_optout_learned_on_host_a_refuses_the_next_review_request_on_host_b(flee
     assert unfolded(later.data_reply[1]) == f"5.7.1 <{buyer}>: {OPTED_OUT_TEXT}"
 
 
+def test_restriction_learned_on_host_a_refuses_the_next_review_request_on_host_b(fleet: Fleet) -> None:
+    """Issue 12 item 4: an (invented) restriction notice from amazon.de through host A's pipe transport;
+    host B refuses the next review request to a de buyer (messaging-restricted)."""
+    buyer = "g3g3g3g3g3g3g3g3@marketplace.amazon.de"
+    offset = fleet.a.postfix.log_offset()
+    notice = (NOTICES / "restriction_de.eml").read_bytes()
+    assert fleet.a.postfix.smtp("seller-notification@amazon.de", [LEARN_ADDRESS], notice).queued
+    fleet.a.postfix.wait_log(r"to=<optout@learn\.shop\.test>, relay=amzguard-optout, .*status=sent", after=offset)
+    store = open_location(fleet.url)
+    try:
+        later = fleet.b.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, unique_token("restricted") + " 302-7000002-3000002"))
+        assert later.data_reply is not None and later.data_reply[0] == 550, later
+        assert unfolded(later.data_reply[1]) == f"5.7.1 <{buyer}>: {DEFAULT_REASON_TEXTS[Reason.MESSAGING_RESTRICTED]}"
+    finally:
+        store.lift(None)
+        store.shutdown()
+
+
 def test_database_stopped_mid_run(fleet: Fleet) -> None:
     """Down: review requests are tempfailed (store.on_error: tempfail), other mail flows. Back up: review
     requests pass again on both hosts, with the same milter processes."""

@@ -329,3 +329,42 @@ def _wait_datagram(sock: socket.socket, wanted: str, timeout: float = 20.0) -> s
         if wanted in text:
             return text
     raise AssertionError(f"no syslog line with {wanted!r}; got {seen}")
+
+
+# -- Amazon's messaging restriction (issue 12 item 4) ---------------------------------------------------
+
+
+def test_restriction_notice_through_the_pipe_refuses_review_requests_until_cleared(stack: Stack) -> None:
+    """An (invented) restriction notice from amazon.de mailed to the learn address restricts the de
+    marketplace: the next review request to a de buyer is refused (messaging-restricted), a reply to that
+    buyer passes, a review request to another marketplace passes; ``restriction clear`` lifts it."""
+    buyer, uk_buyer = "r5r5r5r5r5r5r5r5@marketplace.amazon.de", "u5u5u5u5u5u5u5u5@marketplace.amazon.co.uk"
+    restricted_text = DEFAULT_REASON_TEXTS[Reason.MESSAGING_RESTRICTED]
+    config = str(stack.workdir / "amzguard.yml")
+    try:
+        offset = stack.postfix.log_offset()
+        notice = (NOTICES / "restriction_de.eml").read_bytes()
+        assert stack.postfix.smtp("seller-notification@amazon.de", [LEARN_ADDRESS], notice).queued
+        stack.postfix.wait_log(r"to=<optout@learn\.shop\.test>, relay=amzguard-optout, .*status=sent", after=offset)
+        assert [(r.marketplace, r.source) for r in store_of(stack).restrictions()] == [("de", "notice")]
+        refused = stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, unique_token("restricted") + " 302-2000011-3000011"))
+        assert refused.data_reply is not None and refused.data_reply[0] == 550
+        assert unfolded(refused.data_reply[1]) == f"5.7.1 <{buyer}>: {restricted_text}"
+        stack.milter.wait_log(f"rcpt=<{buyer}> path=smtp stage=eom channel=review decision=refuse "
+                              "reason=messaging-restricted")  # fmt: skip
+        reply_subject = unique_token("Re: your question")
+        reply = make_message("support@shop.test", buyer, reply_subject,
+                             extra_headers=[("In-Reply-To", "<0100018c.99bb@marketplace.amazon.de>")])  # fmt: skip
+        assert stack.postfix.smtp("support@shop.test", [buyer], reply).queued
+        stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == reply_subject)
+        uk = unique_token("uk review") + " 302-2000012-3000012"
+        assert stack.postfix.smtp(REVIEW_SENDER, [uk_buyer], review(uk_buyer, uk)).queued
+        stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == uk)
+        cleared = subprocess.run([sys.executable, "-m", "amzguard", "-c", config, "restriction", "clear"],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert (cleared.returncode, cleared.stdout) == (0, "cleared 1\n"), cleared.stderr
+        later = unique_token("after clear") + " 302-2000013-3000013"
+        assert stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, later)).queued
+        stack.postfix.sink.wait_for(1, predicate=lambda m: subject_of(m.message) == later)
+    finally:
+        store_of(stack).lift(None)

@@ -15,13 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amzguard.policy import BuyerMessage, ReviewSent
+from amzguard.address import parse_address
+from amzguard.policy import BuyerMessage, MessageFacts, ReviewSent, StoreQuestions, SubmissionPath
 from amzguard.store import SCHEMA_VERSION, MessageRow, OptOut, ReviewRow, SchemaError, Store, open_location
+from amzguard.policy.restriction import ALL, Restriction
+from amzguard.store import postgres
 from amzguard.store.postgres import PostgresStore
 from amzguard.store.sqlite import SqliteStore
 from tests.support.postgres import PASSWORD, PostgresCluster
 
 BUYER = "q7x2k9m4p1z8w3v5@marketplace.amazon.de"
+CONFIG = Path(__file__).resolve().parents[2] / "etc" / "amzguard.yml"
 ORDER = "302-1234567-7654321"
 
 
@@ -253,12 +257,76 @@ def test_answer_asks_everything_at_once_and_agrees_with_the_single_questions(mak
     store = make()
     store.add([OptOut(BUYER), OptOut("x@marketplace.amazon.fr")])
     store.record([ReviewSent(ORDER, BUYER), BuyerMessage("<m1@buyer.example>", BUYER)])
+    store.restrict([Restriction("de", int(store.clock()) + 60), Restriction("fr", int(store.clock()) - 1)])
     extra = tuple(f"k{i}@marketplace.amazon.de" for i in range(250)) if many else ()
     questions = StoreQuestions(buyer_keys=(BUYER, "y@marketplace.amazon.fr", *extra), order_id=ORDER,
-                               message_ids=("<m1@buyer.example>", "<m2@buyer.example>"))  # fmt: skip
+                               message_ids=("<m1@buyer.example>", "<m2@buyer.example>"), restrictions=True)  # fmt: skip
     facts = store.answer(questions, MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP))
     assert (facts.opted_out, facts.reviewed_orders, facts.thread_senders) == ({BUYER}, {ORDER}, {BUYER})
+    assert facts.restricted == {"de"} == store.restricted()
     assert facts.opted_out == store.opted_out(questions.buyer_keys)
     nothing = store.answer(StoreQuestions(order_id="028-0000000-0000000"),
                            MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP))  # fmt: skip
     assert (nothing.opted_out, nothing.reviewed_orders, nothing.thread_senders) == (frozenset(),) * 3
+
+
+# -- messaging restrictions (issue 12 item 4) ---------------------------------------------------------
+
+
+def test_restrictions_hold_until_they_end_extend_and_clear(make: Factory) -> None:
+    clock = Clock()
+    store = make(clock=clock)
+    now = int(clock.now)
+    assert store.restrict([Restriction("de", now + 100), Restriction(ALL, now + 50, "notice")]).changed == 2
+    assert store.restricted() == {"de", ALL}
+    shorter = store.restrict([Restriction("de", now + 10)])  # a shorter one never shortens it
+    assert (shorter.changed, shorter.unchanged) == (0, 1)
+    assert store.restrict([Restriction("de", now + 200, "notice")]).changed == 1
+    assert [(r.marketplace, r.until, r.source) for r in store.restrictions()] == [
+        (ALL, now + 50, "notice"), ("de", now + 200, "notice")]
+    clock.now += 60
+    assert store.restricted() == {"de"}  # the one for all ended (its row stays until cleared)
+    questions = StoreQuestions(restrictions=True)
+    facts = MessageFacts(sender=parse_address("<s@shop.test>"), path=SubmissionPath.SMTP)
+    assert store.answer(questions, facts).restricted == {"de"}
+    assert store.answer(StoreQuestions(order_id=ORDER), facts).restricted == frozenset()  # not asked
+    assert store.lift(["fr", "de"]) == 1
+    assert store.restricted() == frozenset()
+    assert store.lift(None) == 1 and store.restrictions() == []
+
+
+def test_a_restriction_recorded_by_one_host_holds_on_another(make: Factory) -> None:
+    """Fleet: two handles on one store (two hosts) see each other's restrictions at once."""
+    first, second = make(), make()
+    first.restrict([Restriction("co.uk", int(first.clock()) + 3600)])
+    assert second.restricted() == {"co.uk"}
+    second.lift(["co.uk"])
+    assert first.restricted() == frozenset()
+
+
+def test_store_copy_takes_restrictions(make: Factory, location: str, tmp_path: Path) -> None:
+    source = SqliteStore(tmp_path / "from.sqlite")
+    source.restrict([Restriction("de", 1_900_000_000, "notice", 1_800_000_000)])
+    for _ in range(2):  # idempotent
+        done = subprocess.run([sys.executable, "-m", "amzguard", "-c", str(CONFIG), "store", "copy", "--from",
+                               str(source.path), "--to", location], capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert make().restrictions() == source.restrictions()
+
+
+def test_postgres_schema_2_is_migrated_to_3(pg_cluster: PostgresCluster) -> None:
+    database = pg_cluster.new_database()
+    url = pg_cluster.socket_url(database)
+    old = postgres.SCHEMA.replace(postgres.RESTRICTION_TABLE, "").replace(
+        f"VALUES ({SCHEMA_VERSION});", "VALUES (2);")
+    store = PostgresStore(url)
+    with store._direct() as conn:
+        conn.execute(old)
+    try:
+        with pytest.raises(SchemaError, match="schema 2 is older"):
+            store.check()
+        assert store.migrate() == (2, SCHEMA_VERSION)
+        store.check()
+        assert store.restrict([Restriction("de", 2_000_000_000)]).changed == 1
+    finally:
+        store.shutdown()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from amzguard.store import OptOut, SchemaError, StoreError
+from amzguard.store import SCHEMA_VERSION, OptOut, SchemaError, StoreError
 from amzguard.store.sqlite import FILE_MODE, SCHEMA_V1, SqliteStore
 from amzguard.policy import ReviewSent
 
@@ -28,7 +28,7 @@ def test_new_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == FILE_MODE == 0o660
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("how", ["replaced", "deleted"])
@@ -95,7 +95,8 @@ def test_a_version_1_file_is_migrated_on_open_keeping_everything(tmp_path: Path)
         conn.execute("INSERT INTO review_sent VALUES (?, ?, ?)", (ORDER, BUYER, 1_800_000_000))
     store = SqliteStore(path, clock=lambda: 1_800_000_100.0)
     assert store.schema_version() == 1
-    assert store.migrate() == (1, 2)
+    assert store.migrate() == (1, SCHEMA_VERSION)
+    assert store.restrictions() == []
     assert store.counts_by_source() == {"cli": 1, "import": 0, "notice": 1}
     assert store.reviewed_orders([ORDER]) == {ORDER}
     assert store.record([ReviewSent(ORDER, "other@marketplace.amazon.de")]) == {ORDER}  # still taken

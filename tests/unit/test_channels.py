@@ -285,7 +285,7 @@ def test_store_questions() -> None:
     policy = make_policy()
     recipients = [rcpt(BUYER), rcpt(MARKED), rcpt("<owner@shop.test>")]
     asked = policy.store_questions(facts([TAG], order_id=ORDER), recipients)
-    assert asked == StoreQuestions(buyer_keys=(BUYER_KEY, "40417@amazon.fr"), order_id=ORDER)
+    assert asked == StoreQuestions(buyer_keys=(BUYER_KEY, "40417@amazon.fr"), order_id=ORDER, restrictions=True)
     # untagged mail, or no buyer among the recipients: nothing to look up
     assert not policy.store_questions(facts([AMAZON_REF]), recipients)
     assert not policy.store_questions(facts([TAG], order_id=ORDER), [rcpt("<owner@shop.test>")])

@@ -65,13 +65,15 @@ def test_every_decision_is_in_the_space(policy: Policy, raw: str, headers, path,
         assert combo in space, combo
 
 
-def decisions(policy: Policy, raw: str, headers, path, keys, reviewed: bool, with_order: bool):
+def decisions(policy: Policy, raw: str, headers, path, keys, reviewed: bool, with_order: bool,
+              restricted: bool = False):
     # As the adapter classifies: on the SMTP path the envrcpt text is what smtpd queued.
     recipient = classify_recipient(raw, policy.settings.buyers, smtp=path is SubmissionPath.SMTP)
     facts = MessageFacts(sender=parse_address("<shop@shop.test>"), path=path, headers=tuple(headers))
     order_id = policy.read_order_id(facts).order_id if with_order else None
     facts = MessageFacts(facts.sender, facts.path, facts.headers, order_id, opted_out=keys,
-                         reviewed_orders=frozenset({ORDER}) if reviewed else frozenset(), thread_senders=keys)  # fmt: skip
+                         reviewed_orders=frozenset({ORDER}) if reviewed else frozenset(), thread_senders=keys,
+                         restricted=frozenset({"*"}) if restricted else frozenset())  # fmt: skip
     for decision in (policy.decide(facts, recipient), policy.decide_at_rcpt(facts.sender, recipient, path)):
         if decision is not None:
             yield decision.outcome, decision.reason, decision.channel
@@ -93,8 +95,9 @@ def test_every_combination_of_the_space_occurs() -> None:
     header_sets = [c for n in range(3) for c in itertools.combinations(HEADERS, n)]
     seen = {
         combo
-        for policy, raw, headers, keys, reviewed, with_order in itertools.product(
-            POLICIES, RECIPIENTS, header_sets, [frozenset(), frozenset(KEYS)], [False, True], [False, True])
-        for combo in decisions(policy, raw, headers, SubmissionPath.SMTP, keys, reviewed, with_order)
+        for policy, raw, headers, keys, reviewed, with_order, restricted in itertools.product(
+            POLICIES, RECIPIENTS, header_sets, [frozenset(), frozenset(KEYS)], [False, True], [False, True],
+            [False, True])
+        for combo in decisions(policy, raw, headers, SubmissionPath.SMTP, keys, reviewed, with_order, restricted)
     }  # fmt: skip
     assert seen == set(possible_decisions())

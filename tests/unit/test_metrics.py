@@ -43,14 +43,14 @@ def test_every_series_exists_at_zero_from_the_start() -> None:
         for path in SubmissionPath:
             assert got[("amzguard_messages_total", frozenset({"result": result, "path": path}.items()))] == 0
     recipient_series = [key for key in got if key[0] == "amzguard_recipients_total"]
-    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 19 x 2
+    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 21 x 2
     # (issue 11: content refusals for each channel, no-order-id from the content rule for review and critical;
-    # unresolved-route without a channel).
+    # unresolved-route without a channel; issue 12: messaging-restricted for review and critical).
     expected = {
         frozenset({"decision": o.value, "reason": r.value, "channel": c.value, "mode": m.value}.items())
         for (o, r, c) in possible_decisions() for m in Mode
     }  # fmt: skip
-    assert {labels for _, labels in recipient_series} == expected and len(expected) == 38
+    assert {labels for _, labels in recipient_series} == expected and len(expected) == 42
     assert all(got[key] == 0 for key in recipient_series)
     never = frozenset({"decision": "refuse", "reason": "opted-out", "channel": "reply", "mode": "enforce"}.items())
     assert ("amzguard_recipients_total", never) not in got  # only the review channel vetoes opt-outs

@@ -215,7 +215,8 @@ def test_opt_out_one_per_order_and_marker_apply_as_for_tagged_mail() -> None:
     message = facts()
     assert policy.read_order_id(message).order_id == ORDER
     questions = policy.store_questions(policy.read_order_id(message), [rcpt()])
-    assert questions == StoreQuestions(buyer_keys=("q7x2k9m4p1z8w3v5@marketplace.amazon.de",), order_id=ORDER)
+    assert questions == StoreQuestions(buyer_keys=("q7x2k9m4p1z8w3v5@marketplace.amazon.de",), order_id=ORDER,
+                                 restrictions=True)
     answered = dataclasses.replace(policy.read_order_id(message), reviewed_orders=frozenset({ORDER}))
     duplicate = decide(policy, answered)
     assert (duplicate.reason, duplicate.recognised_by) == (Reason.DUPLICATE_REVIEW, (RecognisedBy.SENDER, RecognisedBy.SUBJECT))

@@ -76,7 +76,7 @@ def test_clean_review_request_is_granted_and_recorded() -> None:
     assert (decision.outcome, decision.reason, decision.channel) == (Outcome.DELIVER, Reason.CHANNEL, Channel.REVIEW)
     assert decision.findings == () and judgement.body_read
     assert judgement.records == (ReviewSent("302-1234567-1234567", BUYER),)
-    assert store.asked == [StoreQuestions(buyer_keys=(BUYER,), order_id="302-1234567-1234567")]
+    assert store.asked == [StoreQuestions(buyer_keys=(BUYER,), order_id="302-1234567-1234567", restrictions=True)]
     assert judgement.plan is not None and judgement.plan.reject is None
 
 

@@ -41,6 +41,7 @@ from .model import (
     StoreRecord,
 )
 from .recognise import recognising_entry
+from .restriction import is_restricted
 
 class ChannelRule(Protocol):
     """One way a message may legitimately reach a buyer."""
@@ -204,7 +205,7 @@ class ReviewChannel(ChannelBase):
     settings: ReviewChannelSettings
     marked_prefixes: tuple[str, ...] = ()
     channel: Channel = Channel.REVIEW
-    vetoes: ClassVar[tuple[Reason, ...]] = (Reason.OPTED_OUT, Reason.DUPLICATE_REVIEW)
+    vetoes: ClassVar[tuple[Reason, ...]] = (Reason.MESSAGING_RESTRICTED, Reason.OPTED_OUT, Reason.DUPLICATE_REVIEW)
     """Every reason ``veto`` can return (the metrics create exactly these series; no-order-id is the
     content rule's now, see ``possible_decisions``)."""
 
@@ -249,6 +250,8 @@ class ReviewChannel(ChannelBase):
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
         # A missing order id is the content rule missing-order-id now (transaction.py), for review
         # requests and critical messages alike.
+        if is_restricted(facts.restricted, recipient):
+            return Reason.MESSAGING_RESTRICTED
         if any(key in facts.opted_out for key in recipient_keys(recipient, self.marked_prefixes)):
             return Reason.OPTED_OUT
         if self.settings.one_per_order and facts.order_id and facts.order_id in facts.reviewed_orders:
@@ -269,7 +272,8 @@ class ReviewChannel(ChannelBase):
         if not self.recognised_by(facts):
             return StoreQuestions()
         keys = tuple(dict.fromkeys(key for r in buyers for key in recipient_keys(r, self.marked_prefixes)))
-        return StoreQuestions(buyer_keys=keys, order_id=facts.order_id if self.settings.one_per_order else None)
+        return StoreQuestions(buyer_keys=keys, order_id=facts.order_id if self.settings.one_per_order else None,
+                              restrictions=True)
 
     def store_records(self, facts: MessageFacts, decisions: tuple[Decision, ...]) -> tuple[StoreRecord, ...]:
         # Which buyer got the review request for which order: to refuse a second one, and to resolve
@@ -416,5 +420,14 @@ class CriticalChannel(ChannelBase):
         subject = facts.subject().casefold()
         return any(marker.casefold() in subject for marker in self.settings.markers)
 
+    vetoes: ClassVar[tuple[Reason, ...]] = (Reason.MESSAGING_RESTRICTED,)
+
     def veto(self, facts: MessageFacts, recipient: Recipient) -> Reason | None:
-        return None
+        return Reason.MESSAGING_RESTRICTED if is_restricted(facts.restricted, recipient) else None
+
+    def store_questions(self, facts: MessageFacts, buyers: list[Recipient]) -> StoreQuestions:
+        # A critical message is proactive: a messaging restriction holds for it too.
+        return StoreQuestions(restrictions=True) if any(self.grants(facts, b) for b in buyers) else StoreQuestions()
+
+    def uses_store(self) -> bool:
+        return self.settings.enabled

@@ -100,6 +100,9 @@ class Reason(StrEnum):
     CONTENT = "content"
     """Granted by a channel, but the content breaks Amazon's rules (content rules with action ``refuse``;
     the decision's findings say which)."""
+    MESSAGING_RESTRICTED = "messaging-restricted"
+    """A review request or critical message to a marketplace where Amazon restricted the account from
+    proactive messages (policy/restriction.py); replies still pass."""
 
 
 class MissingOrderId(StrEnum):
@@ -211,6 +214,8 @@ class MessageFacts:
     """Register keys of the buyers who sent the messages this one refers to (In-Reply-To/References)."""
     origin: Origin = NO_ORIGIN
     """SASL login and client address (for ``channels.review.recognise``)."""
+    restricted: frozenset[str] = frozenset()
+    """Marketplaces under a messaging restriction now (policy/restriction.py; ``*``: all)."""
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.casefold()
@@ -248,9 +253,11 @@ class StoreQuestions:
     """Did this order already have a review request?"""
     message_ids: tuple[str, ...] = ()
     """Which buyers sent these messages?"""
+    restrictions: bool = False
+    """Which marketplaces are under a messaging restriction?"""
 
     def __bool__(self) -> bool:
-        return bool(self.buyer_keys or self.order_id or self.message_ids)
+        return bool(self.buyer_keys or self.order_id or self.message_ids or self.restrictions)
 
     def merged(self, other: StoreQuestions) -> StoreQuestions:
         """Both rules' questions as one look-up."""
@@ -258,6 +265,7 @@ class StoreQuestions:
             buyer_keys=tuple(dict.fromkeys(self.buyer_keys + other.buyer_keys)),
             order_id=self.order_id or other.order_id,
             message_ids=tuple(dict.fromkeys(self.message_ids + other.message_ids)),
+            restrictions=self.restrictions or other.restrictions,
         )
 
 

@@ -15,6 +15,8 @@ Tables (all keys are ``address.buyer_key`` spellings: case folded, marker and ``
   amzguard. ``order_id`` is the primary key: the database, not a lock in one process, decides which of two
   review requests for one order is first (``_CLAIM_REVIEW``), so the rule holds across every host sharing it.
 - ``buyer_message(message_id, buyer, received_at)``: messages buyers sent the shop, for the ``thread`` check.
+- ``restriction(marketplace, until, source, added_at)``: Amazon's messaging restrictions per marketplace
+  (``*``: all; policy/restriction.py), in force until ``until``; a few rows, read with every proactive message.
 
 The last two are forgotten after ``store.retention_days``. Failures raise ``StoreError`` with the store's
 location and the reason; what a message gets then is the caller's decision (``store.on_error``).
@@ -30,11 +32,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from ..policy import BuyerMessage, MessageFacts, ReviewSent, StoreQuestions, StoreRecord
+from ..policy.restriction import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
-"""1: the SQLite tables of amzguard 0.x; 2: ``optout_count`` and ``review_sent.claim`` (both backends)."""
+SCHEMA_VERSION = 3
+"""1: the SQLite tables of amzguard 0.x; 2: ``optout_count`` and ``review_sent.claim`` (both backends);
+3: ``restriction``."""
 
 SOURCES = ("cli", "import", "notice")
 """How register entries come in: ``amzguard optout add``, ``optout import``, or learned by ``optout learn``."""
@@ -135,6 +139,10 @@ class Store(Protocol):
     def review_rows(self) -> list[ReviewRow]: ...
     def message_rows(self) -> list[MessageRow]: ...
     def put_rows(self, reviews: Iterable[ReviewRow], messages: Iterable[MessageRow]) -> Counts: ...
+    def restricted(self) -> frozenset[str]: ...
+    def restrictions(self) -> list[Restriction]: ...
+    def restrict(self, restrictions: Iterable[Restriction]) -> Counts: ...
+    def lift(self, marketplaces: Iterable[str] | None) -> int: ...
     def schema_version(self) -> int | None: ...
     def migrate(self) -> tuple[int | None, int]: ...
     def status(self) -> Status: ...
@@ -163,6 +171,13 @@ _PUT_REVIEW = "INSERT INTO review_sent (order_id, buyer, sent_at) VALUES {rows} 
 _PUT_MESSAGE = ("INSERT INTO buyer_message (message_id, buyer, received_at) VALUES {rows} "
                 "ON CONFLICT (message_id) DO NOTHING RETURNING message_id")  # fmt: skip
 BULK_ROWS = 200
+_RESTRICT = (
+    # A second restriction for a marketplace extends the first, never shortens it (two notices, or a
+    # copy from a store that knew an older one).
+    "INSERT INTO restriction (marketplace, until, source, added_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (marketplace) DO UPDATE SET until = excluded.until, source = excluded.source, "
+    "added_at = excluded.added_at WHERE restriction.until < excluded.until RETURNING marketplace"
+)
 
 
 class SqlStore:
@@ -247,8 +262,9 @@ class SqlStore:
         orders = (questions.order_id,) if questions.order_id else ()
         ids = tuple(dict.fromkeys(questions.message_ids))
         if len(buyers) + len(orders) + len(ids) > MAX_QUERY_KEYS:
+            restricted = self.restricted() if questions.restrictions else frozenset()
             return replace(facts, opted_out=self.opted_out(buyers), reviewed_orders=self.reviewed_orders(orders),
-                           thread_senders=self.thread_senders(ids))  # fmt: skip
+                           thread_senders=self.thread_senders(ids), restricted=restricted)  # fmt: skip
         parts, params = [], []
         cutoff = self._cutoff()
         for tag, keys, sql in (
@@ -259,13 +275,16 @@ class SqlStore:
             if keys:
                 parts.append(sql.format(marks=",".join("?" * len(keys))))
                 params += [*keys, *([cutoff] if tag != "o" else [])]
-        found: dict[str, set[str]] = {"o": set(), "r": set(), "t": set()}
+        if questions.restrictions:
+            parts.append("SELECT 'x', marketplace FROM restriction WHERE until > ?")
+            params.append(int(self.clock()))
+        found: dict[str, set[str]] = {"o": set(), "r": set(), "t": set(), "x": set()}
         if parts:
             statement = self._sql(" UNION ALL ".join(parts))
             for tag, value in self._read(lambda conn: conn.execute(statement, params).fetchall()):
                 found[tag].add(value)
         return replace(facts, opted_out=frozenset(found["o"]), reviewed_orders=frozenset(found["r"]),
-                       thread_senders=frozenset(found["t"]))  # fmt: skip
+                       thread_senders=frozenset(found["t"]), restricted=frozenset(found["x"]))  # fmt: skip
 
     def opted_out(self, buyers: Iterable[str]) -> frozenset[str]:
         """Those of ``buyers`` (register keys) that are in the register."""
@@ -427,6 +446,44 @@ class SqlStore:
             changed += len(self._insert_many(conn, _PUT_MESSAGE, [(m.message_id, m.buyer, m.received_at)
                                                                   for m in messages]))  # fmt: skip
             return Counts(changed=changed, unchanged=len(reviews) + len(messages) - changed)
+
+        return self._write(write)
+
+    # -- messaging restrictions (the CLI, optout learn, the metrics) -------------------------------------
+
+    def restricted(self) -> frozenset[str]:
+        """The marketplaces under a restriction now."""
+        sql = self._sql("SELECT marketplace FROM restriction WHERE until > ?")
+        now = int(self.clock())
+        return frozenset(row[0] for row in self._read(lambda conn: conn.execute(sql, (now,)).fetchall()))
+
+    def restrictions(self) -> list[Restriction]:
+        """Every restriction row, ended ones too (``restriction list`` shows them; ``lift`` removes them)."""
+        sql = "SELECT marketplace, until, source, added_at FROM restriction ORDER BY marketplace"
+        return [Restriction(*row) for row in self._read(lambda conn: conn.execute(sql).fetchall())]
+
+    def restrict(self, restrictions: Iterable[Restriction]) -> Counts:
+        """Record restrictions; one that ends later than the one recorded replaces it (``changed``)."""
+        rows = tuple(restrictions)
+        now = int(self.clock())
+        sql = self._sql(_RESTRICT)
+
+        def write(conn: Any) -> Counts:
+            changed = sum(conn.execute(sql, (r.marketplace, r.until, r.source, r.added_at or now)).fetchone()
+                          is not None for r in rows)  # fmt: skip
+            return Counts(changed=changed, unchanged=len(rows) - changed)
+
+        return self._write(write)
+
+    def lift(self, marketplaces: Iterable[str] | None) -> int:
+        """Remove the restrictions of ``marketplaces`` (None: all); how many rows went."""
+        names = None if marketplaces is None else tuple(marketplaces)
+
+        def write(conn: Any) -> int:
+            if names is None:
+                return int(conn.execute("DELETE FROM restriction").rowcount)
+            sql = self._sql("DELETE FROM restriction WHERE marketplace = ?")
+            return sum(int(conn.execute(sql, (name,)).rowcount) for name in names)
 
         return self._write(write)
 

@@ -36,7 +36,15 @@ FAIL_FAST = 1.0
 """Seconds after a connection could not be had in which further operations fail at once."""
 PURGE_LOCK = 0x616D7A67  # "amzg": the advisory lock key of the purge and of migrations
 
-SCHEMA = f"""
+RESTRICTION_TABLE = """
+CREATE TABLE restriction (
+    marketplace  text PRIMARY KEY,
+    until        bigint NOT NULL,
+    source       text NOT NULL,
+    added_at     bigint NOT NULL
+);
+"""
+SCHEMA = RESTRICTION_TABLE + f"""
 CREATE TABLE amzguard_schema (version integer NOT NULL);
 CREATE TABLE optout (
     buyer     text PRIMARY KEY,
@@ -77,9 +85,9 @@ CREATE TRIGGER optout_counted AFTER INSERT OR DELETE OR UPDATE OF source ON opto
 INSERT INTO optout_count (source, entries) VALUES {", ".join(f"('{s}', 0)" for s in SOURCES)};
 INSERT INTO amzguard_schema (version) VALUES ({SCHEMA_VERSION});
 """
-MIGRATIONS: dict[int, str] = {SCHEMA_VERSION: SCHEMA}
-"""Script to reach a version from the one before; the first PostgreSQL schema is version 2 (SQLite's
-version 1 never existed here). A later version adds ``MIGRATIONS[3]`` ending in ``UPDATE amzguard_schema``."""
+MIGRATIONS: dict[int, str] = {3: RESTRICTION_TABLE + "UPDATE amzguard_schema SET version = 3;"}
+"""Script to reach a version from the one before; ``SCHEMA`` makes the current one in an empty database
+(the first PostgreSQL schema was version 2: SQLite's version 1 never existed here)."""
 
 
 def _psycopg() -> tuple[Any, Any]:
@@ -254,7 +262,9 @@ class PostgresStore(SqlStore):
                     found = _read_version(conn)
                     if found is not None and found > SCHEMA_VERSION:
                         raise _schema_error(self.location, found)
-                    for version in range((found or SCHEMA_VERSION - 1) + 1, SCHEMA_VERSION + 1):
+                    if found is None:
+                        conn.execute(SCHEMA)
+                    for version in range((found or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
                         conn.execute(MIGRATIONS[version])
             except psycopg.Error as exc:
                 raise StoreError(f"{self.location}: {_first_line(exc)}") from None

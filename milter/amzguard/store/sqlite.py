@@ -66,12 +66,21 @@ CREATE TABLE IF NOT EXISTS buyer_message (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS buyer_message_at ON buyer_message (received_at);
 """
+RESTRICTION_TABLE = """
+CREATE TABLE IF NOT EXISTS restriction (
+    marketplace  TEXT PRIMARY KEY,
+    until        INTEGER NOT NULL,
+    source       TEXT NOT NULL,
+    added_at     INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 MIGRATIONS: dict[int, str] = {
     # to version: the script from the version before (run in one transaction with the user_version bump)
     1: SCHEMA_V1,
     2: "ALTER TABLE review_sent ADD COLUMN claim TEXT;" + _COUNT_TRIGGERS + _COUNTS
     + "UPDATE optout_count SET entries = (SELECT count(*) FROM optout WHERE optout.source = optout_count.source);"
     + "INSERT OR IGNORE INTO optout_count (source, entries) SELECT source, count(*) FROM optout GROUP BY source;",
+    3: RESTRICTION_TABLE,
 }
 
 BUSY_TIMEOUT = 2.0
