@@ -35,8 +35,14 @@ TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd systemd-container man-db g
 
 .PHONY: run test demo soak bench check-config docs deb system-run system-demo system-test system-deb venv clean
 
+# The shipped config keeps its store in /var/lib/amzguard (the package's StateDirectory): made here, as the
+# package would, so the critical channel's restriction check and the review channel find a writable store.
+STORE_DIR   := /var/lib/amzguard
+
 run: system-run $(STAMP)
 	@mkdir -p $(RUN_DIR)
+	@test -d $(STORE_DIR) || if [ "$$(id -u)" = 0 ]; then install -d -m 0750 $(STORE_DIR); \
+	    else sudo install -d -m 0750 -o "$$(id -u)" $(STORE_DIR); fi
 	@echo "amzguard: shipped config etc/amzguard.yml, socket $(RUN_SOCKET) (Ctrl-C stops)"
 	exec $(VENV)/bin/amzguard run -c etc/amzguard.yml --socket $(RUN_SOCKET)
 
