@@ -96,7 +96,8 @@ class ChannelRule(Protocol):
 
     def recognised_by(self, facts: MessageFacts) -> tuple[RecognisedBy, ...]:
         """How the rule recognised a message it grants (the decision log's ``recognised_by``; most rules:
-        nothing to say)."""
+        nothing to say). Non-empty only for a message the rule grants: ``Policy.decide`` takes a non-empty
+        answer as the grant and does not ask ``grants`` again."""
 
 
 class ChannelBase:

@@ -189,10 +189,11 @@ class Policy:
         if recipient.unresolved or _unmark_unsure(facts, recipient):
             return Decision(recipient, Outcome.REFUSE, Reason.UNRESOLVED_ROUTE)
         for rule in self.rules:
-            if rule.grants(facts, recipient):
-                # Asked again after grants (the review rule's grants is this answer): measured 10.4 us per
-                # decide for a tagged request, 18.9 us with three entries where the last one matches.
-                by = rule.recognised_by(facts)
+            # How a rule recognised the message implies it grants it (the review rule's grants is exactly
+            # this answer), so the answer is asked once, not again after grants (it was asked twice per
+            # buyer: 10.4 us per decide for a tagged request, 18.9 us with three entries, the last matching).
+            by = rule.recognised_by(facts)
+            if by or rule.grants(facts, recipient):
                 veto = rule.veto(facts, recipient)
                 if veto is not None:
                     return Decision(recipient, Outcome.REFUSE, veto, rule.channel, recognised_by=by)
