@@ -25,7 +25,7 @@ from .decision_log import decision_line
 from .metrics import DecisionStage, MessageResult, Metrics, MilterStage, StoreOperation
 from .secret_scan import SecretScan
 from .sendmail_route import Mta, classify_sendmail_recipient, mta_of, uncertain_deletes
-from .store import SchemaError, Store, StoreError, open_store
+from .store import DailyLimitReached, OverLimit, SchemaError, Store, StoreError, open_store
 from .transaction import Judgement, Transaction
 from .policy.recognise import IPAddress, client_address
 from .policy import (
@@ -39,10 +39,12 @@ from .policy import (
     Mode,
     Origin,
     Policy,
+    ProactiveSent,
     RecognisedBy,
     ReviewSent,
     SubmissionPath,
 )
+from .policy.limits import uncapped
 
 log = logging.getLogger("amzguard")
 
@@ -53,6 +55,19 @@ STORE_TEMPFAIL_TEXT = "amzguard opt-out store unavailable, try again later"
 SECRET_BOUNCE_TEXT = "bounce carries amzguard's review secret; not sent (refused by amzguard)"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def limit_text(over: OverLimit) -> str:
+    """The 451 text of a message held for the daily limit (printable ASCII: libmilter drops other replies)."""
+    return (f"daily limit of {over.limit} proactive messages to Amazon marketplace {over.marketplace} reached "
+            f"({over.count} today, UTC); held for a later retry (amzguard)")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LimitHeld:
+    """A message the daily limit holds back (``_judge``): nothing of it was recorded."""
+
+    over: tuple[OverLimit, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,7 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self.metrics.config_loaded(config.policy.mode)
         self.metrics.store_backend(self.snapshot.store.backend)
+        self.metrics.daily_limits(config.policy.limits)
         self._messages_in_progress = 0
         self._progress_changed = threading.Condition()
         self.data_without_reply = data_without_reply
@@ -109,6 +125,7 @@ class Runtime:
         previous = self.snapshot
         self.snapshot = Snapshot.of(config, previous=previous)
         self.metrics.store_backend(self.snapshot.store.backend)
+        self.metrics.daily_limits(config.policy.limits)
         check_store(self.snapshot)
         if self.snapshot.store is not previous.store:
             # A store the new config no longer names: its PostgreSQL pool (threads, connections) would live
@@ -530,6 +547,8 @@ class AmzguardMilter(Milter.Base):
                     verdict = self._judge(answered)
             if verdict is None:
                 return self._store_tempfail()
+            if isinstance(verdict, LimitHeld):
+                return self._limit_tempfail(verdict.over)
             judgement = verdict
             if judgement.facts.order_id:
                 log.info("%s: review request for order %s", self.queue_id(), judgement.facts.order_id)
@@ -539,31 +558,48 @@ class AmzguardMilter(Milter.Base):
                 self.metrics.content_finding(finding)
             return self._apply(judgement.plan or MessagePlan(reject=None))
 
-    def _judge(self, answered: MessageFacts | None) -> Judgement | None:
-        """Judge and record (no MTA I/O); None when the message must be tempfailed for the store.
+    def _judge(self, answered: MessageFacts | None) -> Judgement | LimitHeld | None:
+        """Judge and record (no MTA I/O); None when the message must be tempfailed for the store,
+        ``LimitHeld`` when the daily limit holds it (policy/limits.py).
 
         The record is where the store decides which review request for an order is first (one atomic
         statement, across every host sharing the database): when another message claimed the order after
         our look-up, nothing was recorded, and the message is judged again knowing the order is taken (a
         duplicate, refused as such). The second judgement records no review request, so it cannot lose
-        again; the third round is never reached."""
+        again; the third round is never reached (a fourth in monitor mode, after a limit reached).
+
+        The daily limit is checked in the same record: if a marketplace would go over it, nothing was
+        recorded and the message is held (tempfailed). Monitor mode logs that it would be, and records
+        again without the limit: the message is delivered, so Amazon counts it, and the count stays the
+        real daily volume that an admin needs to choose the limit before enforcing it."""
         policy = self.snapshot.policy
         store = self.snapshot.store
+        monitor = policy.settings.mode is Mode.MONITOR
         kept: frozenset[str] = frozenset()
         """Orders whose first review request is remembered already; with one_per_order off that is no
         reason to refuse, and which buyer got the first one is what opt-out notices need."""
-        for _ in range(3):
+        capped = True
+        for _ in range(4):
             judgement = self.trx.judge(answered)
             records = tuple(r for r in judgement.records if not (isinstance(r, ReviewSent) and r.order_id in kept))
             if not records:
                 return judgement
+            if not capped:
+                records = uncapped(records)
             try:
                 with self.metrics.store_call(StoreOperation.RECORD, store.backend):
                     taken = store.record(records)
+            except DailyLimitReached as reached:
+                self._log_limit(reached.over, monitor)
+                if not monitor:
+                    return LimitHeld(reached.over)
+                capped = False
+                continue
             except StoreError as exc:
                 # Forgetting a review request would let a second one through: that message waits. A buyer
-                # message not remembered only weakens a later thread check: that message goes on.
-                must_record = any(isinstance(record, ReviewSent) for record in records)
+                # message not remembered only weakens a later thread check: that message goes on. A count
+                # not kept could let the day go over the limit: that message waits too.
+                must_record = any(isinstance(record, ReviewSent | ProactiveSent) for record in records)
                 if self._store_failed(exc, StoreOperation.RECORD, must_record):
                     return None
                 return judgement
@@ -602,6 +638,24 @@ class AmzguardMilter(Milter.Base):
 
     def _store_tempfail(self) -> int:
         self.setreply("451", "4.7.1", STORE_TEMPFAIL_TEXT)
+        self._finish_message(MessageResult.TEMPFAILED)
+        return Milter.TEMPFAIL
+
+    def _log_limit(self, over: tuple[OverLimit, ...], monitor: bool) -> None:
+        limits = self.snapshot.policy.settings.limits
+        mode = self.snapshot.policy.settings.mode
+        for item in over:
+            log.warning("%s: daily limit reached: marketplace=%s day=%s count=%d adding=%d limit=%d: %s",
+                        self.queue_id(), item.marketplace, item.day, item.count, item.adding, item.limit,
+                        "would tempfail (monitor mode: accepted and counted)" if monitor
+                        else "message tempfailed, the MTA retries it later")  # fmt: skip
+            self.metrics.limit_reached(limits.bucket(item.marketplace) or item.marketplace, mode)
+
+    def _limit_tempfail(self, over: tuple[OverLimit, ...]) -> int:
+        """451 for the whole message (a shop copy in it waits too: a milter cannot tempfail a recipient at
+        end of message). On the SMTP path the client gets the 451 and must retry; on the sendmail(1) path
+        Postfix keeps the maildrop file and pickup retries it (docs/operating.md, "Daily limit")."""
+        self.setreply("451", "4.7.1", limit_text(over[0]))
         self._finish_message(MessageResult.TEMPFAILED)
         return Milter.TEMPFAIL
 

@@ -33,6 +33,7 @@ from .policy import (
     ReplyCheck,
     ReviewChannelSettings,
 )
+from .policy.limits import LimitError, LimitSettings, parse_limits
 from .policy.recognise import CriterionError, RecogniseEntry, SubjectPattern, client_network
 from .privacy import AddressPrivacy, AddressStyle
 
@@ -523,6 +524,17 @@ def _parse_restriction(top: _Section) -> RestrictionSettings:
     return RestrictionSettings(days=days, notice_phrases=tuple(" ".join(p.casefold().split()) for p in phrases))
 
 
+def _parse_limits(top: _Section) -> LimitSettings:
+    section = top.section("limits")
+    value = section.value("proactive_per_day")
+    section.done()
+    try:
+        return parse_limits(value)
+    except LimitError as exc:
+        where = f" (at {exc.where!r})" if exc.where else ""
+        raise ConfigError(f"{section.source}: limits.proactive_per_day: {exc}{where}") from None
+
+
 def _reason_texts(refusal: _Section) -> tuple[tuple[Reason, str], ...]:
     return tuple((reason, refusal.value(key).strip()) for reason, key in REASON_TEXT_KEYS.items())
 
@@ -579,6 +591,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
     metrics = _parse_metrics(top)
     learn = _parse_learn(top)
     restriction = _parse_restriction(top)
+    limits = _parse_limits(top)
     top.done()
 
     policy = PolicySettings(
@@ -592,6 +605,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         critical=critical,
         reason_texts=reason_texts,
         content=content,
+        limits=limits,
     )
     return Config(
         source=path,

@@ -406,6 +406,19 @@ KEYS: tuple[Key, ...] = (
         "a non-empty list of phrases (max 200 characters each)",
         lambda v: is_str_list(v) and bool(v) and all(0 < len(p.strip()) <= 200 for p in v),  # type: ignore[union-attr]
         "The default is Amazon's known English note; add the wording of other languages as notices arrive."),
+    # limits (issue 12 item 7; policy/limits.py)
+    Key("limits.proactive_per_day", "integer or mapping", None, "Proactive messages (review requests, critical "
+        "messages) let through per UTC day and marketplace; over it they are tempfailed (451) and sent on a "
+        "later day. Unset: no limit.",
+        "a positive integer, or a mapping of marketplaces (de, co.uk, com, '*') to positive integers",
+        lambda v: (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, dict),
+        details="An integer is the limit of each marketplace separately; a mapping gives one per marketplace, '*' "
+        "(quoted) for every marketplace not listed, and a marketplace neither listed nor covered by '*' is "
+        "not limited. Amazon does not publish its limit; seller tools report about 5 x average daily orders "
+        "+ 600 proactive messages a day. A message over the limit waits in Postfix's queue (the whole "
+        "message, shop copies included) and is tried again until the next UTC day lets it through; one "
+        "counted message per buyer; replies are never counted. Needs the store.",
+        shown_default="(unset: no limit)"),
     # content (issue 11; docs/content-rules.md)
     integer("content.max_bytes", DEFAULT_MAX_BYTES, 4096, 16 * 1024 * 1024, "bytes",
             "Decoded text read per message for the content rules (attachments are measured, not read)."),

@@ -45,6 +45,8 @@ from .content import REMOVABLE_RULES, ContentAction, ContentRule, Finding
 from .store import BACKENDS, SOURCES, Store, StoreError
 from .policy import Channel, Decision, Mode, Outcome, Reason, SubmissionPath, possible_decisions, tagged_channels
 from .policy import RecognisedBy  # issue 12: review_recognised
+from .policy.limits import NO_LIMITS, LimitSettings
+from .policy.restriction import ALL  # issue 12 item 7: the daily limit
 
 if hasattr(prometheus_client, "disable_created_metrics"):
     prometheus_client.disable_created_metrics()
@@ -167,6 +169,16 @@ class Metrics:
         self.fields_kept = Counter(
             "visible_fields_kept",
             "To:/Cc: fields naming an unmarked recipient's marked address that could not be rewritten safely",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        # issue 12 item 7 (daily limit): labels are the configured limits.proactive_per_day entries.
+        self.limit_tempfailed = Counter(
+            "daily_limit_tempfailed",
+            "Messages held (451) because a marketplace's daily limit of proactive messages was reached, by"
+            " the limits.proactive_per_day entry (a marketplace, or * for those it covers); mode=monitor:"
+            " would have been held (accepted and counted)",
+            ["marketplace", "mode"],
             namespace=NAMESPACE,
             registry=registry,
         )
@@ -312,6 +324,15 @@ class Metrics:
     def field_kept(self, count: int) -> None:
         self.fields_kept.inc(count)
 
+    def daily_limits(self, limits: LimitSettings) -> None:
+        """Create the held-message series of the configured limits (at start and after a reload)."""
+        for (marketplace, _), mode in itertools.product(limits.per_day, Mode):
+            self.limit_tempfailed.labels(marketplace, mode.value)
+
+    def limit_reached(self, entry: str, mode: Mode) -> None:
+        """A message over the daily limit of the ``limits.proactive_per_day`` entry ``entry``."""
+        self.limit_tempfailed.labels(entry, mode.value).inc()
+
     def bad_token(self, channel: Channel) -> None:
         self.bad_tokens.labels(channel.value).inc()
 
@@ -337,7 +358,8 @@ class Metrics:
         finally:
             self.store_seconds.labels(operation.value, backend).observe(time.perf_counter() - started)
 
-    def watch_register(self, store_of: Callable[[], Store | None]) -> None:
+    def watch_register(self, store_of: Callable[[], Store | None],
+                       limits_of: Callable[[], LimitSettings] = lambda: NO_LIMITS) -> None:  # fmt: skip
         """Export the opt-out register's size by source (``notice``: learned by ``optout learn``).
 
         ``optout learn`` runs in a process of its own (a pipe transport, a cron job), so a counter there
@@ -347,6 +369,7 @@ class Metrics:
         """
         self.registry.register(_RegisterCollector(store_of))
         self.registry.register(_RestrictionCollector(store_of))
+        self.registry.register(_DailyCountCollector(store_of, limits_of))
 
     @contextmanager
     def deciding(self, stage: DecisionStage) -> Iterator[None]:
@@ -458,3 +481,32 @@ class _RestrictionCollector(Collector):
             remaining.add_metric([row.marketplace], row.until - now)
         yield count
         yield remaining
+
+
+class _DailyCountCollector(Collector):
+    """Today's (UTC) proactive messages per marketplace, read from the store per scrape (the rows of one
+    day in ``proactive_count``), so every host of a fleet shows the shared count; and the configured
+    limits, so a dashboard can show the two side by side. Nothing while no limit is configured."""
+
+    def __init__(self, store_of: Callable[[], Store | None], limits_of: Callable[[], LimitSettings]) -> None:
+        self._store_of = store_of
+        self._limits_of = limits_of
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        today = GaugeMetricFamily(f"{NAMESPACE}_proactive_messages_today", "Proactive messages let through "
+                                  "today (UTC) per marketplace, counted for the daily limit; NaN while the "
+                                  "store cannot be read", labels=["marketplace"])  # fmt: skip
+        limit = GaugeMetricFamily(f"{NAMESPACE}_proactive_daily_limit", "limits.proactive_per_day per "
+                                  "entry (a marketplace, or * for each one not listed)", labels=["marketplace"])
+        limits = self._limits_of()
+        store = self._store_of() if limits.enabled else None
+        if store is not None:
+            try:
+                for row in store.daily_counts(store.today()):
+                    today.add_metric([row.marketplace], row.count)
+            except StoreError:
+                today.add_metric([ALL], float("nan"))
+        for marketplace, value in limits.per_day:
+            limit.add_metric([marketplace], value)
+        yield today
+        yield limit

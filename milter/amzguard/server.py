@@ -130,7 +130,8 @@ def serve(
         runtime = Runtime(config, Metrics(), data_without_reply=unix_socket_path(spec) is not None)
     except StoreError as exc:  # a schema newer than this amzguard knows; a store.url psycopg cannot use
         raise ServeError(f"refusing to start: {exc}") from None
-    runtime.metrics.watch_register(lambda: runtime.snapshot.store if runtime.snapshot.uses_store() else None)
+    runtime.metrics.watch_register(lambda: runtime.snapshot.store if runtime.snapshot.uses_store() else None,
+                                   lambda: runtime.snapshot.policy.settings.limits)
     _prepare_socket_directory(spec)
     signals = ServiceSignals()
     purger = Purger(runtime)

@@ -91,6 +91,8 @@ def _status(store: Store) -> int:
     register = ", ".join(f"{source} {count}" for source, count in sorted(status.register.items()))
     print(f"opt-outs: {sum(status.register.values())} ({register})\nreview requests: {status.review_requests}\n"
           f"buyer messages: {status.buyer_messages}")  # fmt: skip
+    today = ", ".join(f"{market} {count}" for market, count in sorted(status.proactive_today.items()))
+    print(f"proactive messages today (UTC, daily limit): {today or 'none'}")
     return EX_OK
 
 
@@ -106,7 +108,9 @@ def _copy(source: Store, target: Store) -> int:
     added = target.add(entries)
     rows = target.put_rows(reviews, messages)
     restricted = target.restrict(source.restrictions())
+    counted = target.put_counts(source.daily_counts())
     print(f"copied from {source.location} to {target.location}: opt-outs {added.changed} added, "
           f"{added.unchanged} already there; review requests and buyer messages {rows.changed} added, "
-          f"{rows.unchanged} already there; restrictions {restricted.changed} added or extended")  # fmt: skip
+          f"{rows.unchanged} already there; restrictions {restricted.changed} added or extended; "
+          f"daily counts {counted.changed} added or raised")  # fmt: skip
     return EX_OK

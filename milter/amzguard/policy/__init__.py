@@ -63,6 +63,7 @@ from .model import (
     ReplyChannelSettings,
     ReplyCheck,
     ReviewChannelSettings,
+    ProactiveSent,
     ReviewSent,
     StoreQuestions,
     StoreRecord,
@@ -130,3 +131,8 @@ from .recognise import CriterionError, RecogniseEntry, SubjectPattern, client_ad
 
 __all__ += ["CriterionError", "NO_ORIGIN", "Origin", "RecognisedBy", "RecogniseEntry", "SubjectPattern",
             "client_address", "client_network"]  # fmt: skip
+
+# The daily limit of proactive messages (issue 12 item 7; policy/limits.py).
+from .limits import NO_LIMITS, LimitError, LimitSettings, parse_limits, utc_day  # noqa: E402
+
+__all__ += ["LimitError", "LimitSettings", "NO_LIMITS", "ProactiveSent", "parse_limits", "utc_day"]

@@ -16,6 +16,7 @@ from ..content import needs_any_body as content_needs_body
 from ..content import wanted_headers as content_headers
 from ..orderid import find_order_id, order_id_in_body
 from .actions import MessagePlan, Reject, plan_message, refusal_text
+from .limits import counted
 from .channels import CONTENT_HEADERS, ChannelBase, ChannelRule, CriticalChannel, ReplyChannel, ReviewChannel
 from .model import (
     Channel,
@@ -111,10 +112,12 @@ class Policy:
     def store_records(self, facts: MessageFacts, decisions: Iterable[Decision]) -> tuple[StoreRecord, ...]:
         """What the store must remember once the message is accepted (each rule's records)."""
         decisions = tuple(decisions)
-        return tuple(record for rule in self.rules for record in rule.store_records(facts, decisions))
+        records = tuple(record for rule in self.rules for record in rule.store_records(facts, decisions))
+        # The daily limit's counts go into the same store transaction as the review request (policy/limits.py).
+        return records + counted(self.settings.limits, decisions, self.settings.buyers.marked_prefixes)
 
     def uses_store(self) -> bool:
-        return any(rule.uses_store() for rule in self.rules)
+        return any(rule.uses_store() for rule in self.rules) or self.settings.limits.enabled
 
     def fast_path_possible(self) -> bool:
         """Whether any message at all can leave the milter at DATA under these settings (``accepts_at_data``).

@@ -13,6 +13,7 @@ from ..content import ContentSettings, Finding
 from ..orderid import decoded_header
 
 if TYPE_CHECKING:
+    from .limits import LimitSettings
     from .recognise import RecogniseEntry
 
 REFUSAL_CODE = "550"
@@ -173,6 +174,8 @@ class PolicySettings:
     """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
     content: ContentSettings
     """What a message a channel grants to a buyer may contain (judged by ``transaction.Transaction``)."""
+    limits: LimitSettings
+    """Amazon's daily limit of proactive messages per marketplace (policy/limits.py; empty: off)."""
 
     def text_for(self, reason: Reason) -> str:
         for listed, text in self.reason_texts:
@@ -285,4 +288,14 @@ class BuyerMessage:
     buyer: str
 
 
-StoreRecord = ReviewSent | BuyerMessage
+@dataclass(frozen=True, slots=True)
+class ProactiveSent:
+    """``count`` proactive messages (one per buyer) go to ``marketplace`` today (the store's UTC day),
+    if the day's count stays within ``limit`` (None: counted whatever the count, see policy/limits.py)."""
+
+    marketplace: str
+    count: int
+    limit: int | None
+
+
+StoreRecord = ReviewSent | BuyerMessage | ProactiveSent

@@ -14,7 +14,10 @@ from .base import (
     SCHEMA_VERSION,
     SOURCES,
     Counts,
+    DailyCount,
+    DailyLimitReached,
     MessageRow,
+    OverLimit,
     OptOut,
     ReviewRow,
     SchemaError,
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION", "SOURCES", "Counts", "MessageRow", "OptOut", "ReviewRow", "SchemaError", "Status", "Store",
-    "StoreError", "SqliteStore", "BACKENDS", "open_store", "open_location", "is_postgres_location",
+    "StoreError", "SqliteStore", "DailyCount", "DailyLimitReached", "OverLimit", "BACKENDS", "open_store", "open_location", "is_postgres_location",
 ]  # fmt: skip
 
 BACKENDS = ("sqlite", "postgresql")

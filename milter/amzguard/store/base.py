@@ -17,6 +17,9 @@ Tables (all keys are ``address.buyer_key`` spellings: case folded, marker and ``
 - ``buyer_message(message_id, buyer, received_at)``: messages buyers sent the shop, for the ``thread`` check.
 - ``restriction(marketplace, until, source, added_at)``: Amazon's messaging restrictions per marketplace
   (``*``: all; policy/restriction.py), in force until ``until``; a few rows, read with every proactive message.
+- ``proactive_count(marketplace, day, n)``: proactive messages let through per marketplace and UTC day
+  (``YYYY-MM-DD``) for the daily limit (policy/limits.py); a row per marketplace and day, kept
+  ``COUNT_DAYS`` days.
 
 The last two are forgotten after ``store.retention_days``. Failures raise ``StoreError`` with the store's
 location and the reason; what a message gets then is the caller's decision (``store.on_error``).
@@ -28,17 +31,22 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from ..policy import BuyerMessage, MessageFacts, ReviewSent, StoreQuestions, StoreRecord
+from ..policy import BuyerMessage, MessageFacts, ProactiveSent, ReviewSent, StoreQuestions, StoreRecord
+from ..policy.limits import utc_day
 from ..policy.restriction import Restriction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the SQLite tables of amzguard 0.x; 2: ``optout_count`` and ``review_sent.claim`` (both backends);
-3: ``restriction``."""
+3: ``restriction``; 4: ``proactive_count``."""
+
+COUNT_DAYS = 31
+"""Days of ``proactive_count`` kept (today included): only today's row limits anything, the month before
+lets an admin compare the volume with Amazon's figure; a row per marketplace and day, no buyer data."""
 
 SOURCES = ("cli", "import", "notice")
 """How register entries come in: ``amzguard optout add``, ``optout import``, or learned by ``optout learn``."""
@@ -50,6 +58,28 @@ MAX_QUERY_KEYS = 200
 
 class StoreError(Exception):
     """The store cannot be opened, read or written; the message names the store and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    """A marketplace the message would take over its daily limit."""
+
+    marketplace: str
+    day: str
+    count: int
+    """Proactive messages already counted that day."""
+    adding: int
+    """This message's (one per buyer)."""
+    limit: int
+
+
+class DailyLimitReached(Exception):
+    """``record`` found the daily limit of some marketplace reached: nothing was recorded (neither count
+    nor review request), so the message can be tempfailed and retried later as if never seen."""
+
+    def __init__(self, over: tuple[OverLimit, ...]) -> None:
+        super().__init__(", ".join(f"{o.marketplace} {o.count}+{o.adding}>{o.limit}" for o in over))
+        self.over = over
 
 
 class SchemaError(StoreError):
@@ -90,6 +120,14 @@ class MessageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DailyCount:
+    marketplace: str
+    day: str
+    """UTC day, ``YYYY-MM-DD``."""
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     """What a bulk change did: ``changed`` rows, ``unchanged`` ones (already so)."""
 
@@ -109,6 +147,8 @@ class Status:
     register: dict[str, int]
     review_requests: int
     buyer_messages: int
+    proactive_today: dict[str, int] = field(default_factory=dict)
+    """Today's (UTC) proactive messages per marketplace, for the daily limit."""
 
 
 class Store(Protocol):
@@ -143,6 +183,9 @@ class Store(Protocol):
     def restrictions(self) -> list[Restriction]: ...
     def restrict(self, restrictions: Iterable[Restriction]) -> Counts: ...
     def lift(self, marketplaces: Iterable[str] | None) -> int: ...
+    def daily_counts(self, day: str | None = None) -> list[DailyCount]: ...
+    def today(self) -> str: ...
+    def put_counts(self, rows: Iterable[DailyCount]) -> Counts: ...
     def schema_version(self) -> int | None: ...
     def migrate(self) -> tuple[int | None, int]: ...
     def status(self) -> Status: ...
@@ -178,6 +221,25 @@ _RESTRICT = (
     "ON CONFLICT (marketplace) DO UPDATE SET until = excluded.until, source = excluded.source, "
     "added_at = excluded.added_at WHERE restriction.until < excluded.until RETURNING marketplace"
 )
+_COUNT_PROACTIVE = (
+    # The daily limit's check and increment in one statement, so it is atomic on every host at once: the
+    # row of (marketplace, day) is created or raised by this message's count only if the sum stays within
+    # the limit (the caller checked that the count alone does); no row back means the limit is reached.
+    # On PostgreSQL a concurrent transaction waits for the row lock and then re-checks against the
+    # committed sum (ON CONFLICT DO UPDATE in READ COMMITTED sees the latest version), so a fleet sharing
+    # the database never goes over; rolling the transaction back takes the increment back too.
+    "INSERT INTO proactive_count (marketplace, day, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (marketplace, day) DO UPDATE SET n = proactive_count.n + excluded.n "
+    "WHERE proactive_count.n + excluded.n <= ? RETURNING n"
+)
+_PUT_COUNT = (
+    # store copy: a count is never lowered (a move to another store must not restart today's count).
+    "INSERT INTO proactive_count (marketplace, day, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (marketplace, day) DO UPDATE SET n = excluded.n WHERE proactive_count.n < excluded.n "
+    "RETURNING marketplace"
+)
+UNCAPPED = 2**62
+"""The limit of a count recorded whatever the count (``ProactiveSent.limit`` None)."""
 
 
 class SqlStore:
@@ -318,6 +380,14 @@ class SqlStore:
 
         The claim token makes a retry after a lost connection idempotent: if the first attempt committed,
         the retry finds its own claim and succeeds instead of refusing the message as its own duplicate.
+        (A daily count has no such token: that retry counts the message twice, which only holds later
+        messages back earlier, never lets one over the limit.)
+
+        ``ProactiveSent`` records are the daily limit's: if any marketplace would go over its limit,
+        ``DailyLimitReached`` is raised and nothing is recorded, the review requests neither (else the
+        retried message would be refused as its own duplicate). Orders taken are answered first: the
+        caller judges again and the new judgement counts fewer buyers.
+
         The purge of old records (``purge_if_due``) is the caller's next step, in a transaction of its own:
         a purge that fails must not make a committed record look failed."""
         claimed: set[str] = set()
@@ -335,12 +405,16 @@ class SqlStore:
         cutoff = self._cutoff()
         claim = secrets.token_hex(8)
         claim_sql, remember_sql = self._sql(_CLAIM_REVIEW), self._sql(_REMEMBER_MESSAGE)
+        count_sql = self._sql(_COUNT_PROACTIVE)
+        read_sql = self._sql("SELECT n FROM proactive_count WHERE marketplace = ? AND day = ?")
+        day = utc_day(now)
 
         class Taken(Exception):
             pass
 
         def write(conn: Any) -> frozenset[str]:
             taken: set[str] = set()
+            over: list[OverLimit] = []
             for record in records:
                 if isinstance(record, ReviewSent):
                     got = conn.execute(claim_sql, (record.order_id, record.buyer, now, claim, cutoff)).fetchone()
@@ -348,8 +422,17 @@ class SqlStore:
                         taken.add(record.order_id)
                 elif isinstance(record, BuyerMessage):
                     conn.execute(remember_sql, (record.message_id, record.buyer, now))
+                elif isinstance(record, ProactiveSent):
+                    limit = UNCAPPED if record.limit is None else record.limit
+                    fits = record.count <= limit
+                    if fits and conn.execute(count_sql, (record.marketplace, day, record.count, limit)).fetchone():
+                        continue
+                    row = conn.execute(read_sql, (record.marketplace, day)).fetchone()
+                    over.append(OverLimit(record.marketplace, day, int(row[0]) if row else 0, record.count, limit))
             if taken:
                 raise Taken(frozenset(taken))  # rolls the whole transaction back
+            if over:
+                raise DailyLimitReached(tuple(over))  # the same
             return frozenset()
 
         try:
@@ -365,15 +448,21 @@ class SqlStore:
             self._last_purge = self.clock()
         return self.purge()
 
+    def _count_cutoff(self) -> str:
+        """The first UTC day whose daily counts are kept (``COUNT_DAYS``)."""
+        return utc_day(self.clock() - (COUNT_DAYS - 1) * 86400)
+
     def purge(self) -> int:
-        cutoff = self._cutoff()
-        first, second = (
+        cutoff, days = self._cutoff(), self._count_cutoff()
+        first, second, third = (
             self._sql("DELETE FROM review_sent WHERE sent_at < ?"),
             self._sql("DELETE FROM buyer_message WHERE received_at < ?"),
+            self._sql("DELETE FROM proactive_count WHERE day < ?"),
         )
 
         def delete(conn: Any) -> int:
-            return int(conn.execute(first, (cutoff,)).rowcount) + int(conn.execute(second, (cutoff,)).rowcount)
+            gone = int(conn.execute(first, (cutoff,)).rowcount) + int(conn.execute(second, (cutoff,)).rowcount)
+            return gone + int(conn.execute(third, (days,)).rowcount)
 
         return self._write(delete)
 
@@ -487,6 +576,32 @@ class SqlStore:
 
         return self._write(write)
 
+    # -- the daily limit's counts (the metrics, store status, store copy) ---------------------------
+
+    def daily_counts(self, day: str | None = None) -> list[DailyCount]:
+        """The counts of ``day`` (``YYYY-MM-DD``; None: every day kept), by day and marketplace."""
+        sql = "SELECT marketplace, day, n FROM proactive_count"
+        params: tuple[str, ...] = ()
+        if day is not None:
+            sql, params = self._sql(sql + " WHERE day = ?"), (day,)
+        rows = self._read(lambda conn: conn.execute(sql + " ORDER BY day, marketplace", params).fetchall())
+        return [DailyCount(str(m), str(d), int(n)) for m, d, n in rows]
+
+    def today(self) -> str:
+        """The store's UTC day now (its clock: the milter's, a test's)."""
+        return utc_day(self.clock())
+
+    def put_counts(self, rows: Iterable[DailyCount]) -> Counts:
+        """Copy daily counts in (``store copy``); a count already higher stays (``unchanged``)."""
+        rows = tuple(rows)
+        sql = self._sql(_PUT_COUNT)
+
+        def write(conn: Any) -> Counts:
+            changed = sum(conn.execute(sql, (r.marketplace, r.day, r.count)).fetchone() is not None for r in rows)
+            return Counts(changed=changed, unchanged=len(rows) - changed)
+
+        return self._write(write)
+
     def status(self) -> Status:
         version = self.schema_version()
         if version is None or version < SCHEMA_VERSION:
@@ -497,7 +612,8 @@ class SqlStore:
             return int(reviews), int(conn.execute("SELECT count(*) FROM buyer_message").fetchone()[0])
 
         reviews, messages = self._read(read)
-        return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages)
+        today = {row.marketplace: row.count for row in self.daily_counts(self.today())}
+        return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages, today)
 
     def schema_version(self) -> int | None:
         raise NotImplementedError

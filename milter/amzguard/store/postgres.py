@@ -44,7 +44,15 @@ CREATE TABLE restriction (
     added_at     bigint NOT NULL
 );
 """
-SCHEMA = RESTRICTION_TABLE + f"""
+COUNT_TABLE = """
+CREATE TABLE proactive_count (
+    marketplace  text NOT NULL,
+    day          text NOT NULL,
+    n            bigint NOT NULL,
+    PRIMARY KEY (marketplace, day)
+);
+"""
+SCHEMA = RESTRICTION_TABLE + COUNT_TABLE + f"""
 CREATE TABLE amzguard_schema (version integer NOT NULL);
 CREATE TABLE optout (
     buyer     text PRIMARY KEY,
@@ -85,7 +93,10 @@ CREATE TRIGGER optout_counted AFTER INSERT OR DELETE OR UPDATE OF source ON opto
 INSERT INTO optout_count (source, entries) VALUES {", ".join(f"('{s}', 0)" for s in SOURCES)};
 INSERT INTO amzguard_schema (version) VALUES ({SCHEMA_VERSION});
 """
-MIGRATIONS: dict[int, str] = {3: RESTRICTION_TABLE + "UPDATE amzguard_schema SET version = 3;"}
+MIGRATIONS: dict[int, str] = {
+    3: RESTRICTION_TABLE + "UPDATE amzguard_schema SET version = 3;",
+    4: COUNT_TABLE + "UPDATE amzguard_schema SET version = 4;",
+}
 """Script to reach a version from the one before; ``SCHEMA`` makes the current one in an empty database
 (the first PostgreSQL schema was version 2: SQLite's version 1 never existed here)."""
 
@@ -274,12 +285,13 @@ class PostgresStore(SqlStore):
     def purge(self) -> int:
         """Forget old records; on one host at a time: a host that finds the advisory lock taken skips (the
         other host is doing the same work)."""
-        cutoff = self._cutoff()
+        cutoff, days = self._cutoff(), self._count_cutoff()
 
         def delete(conn: Any) -> int:
             if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PURGE_LOCK,)).fetchone()[0]:
                 return 0
             first = conn.execute("DELETE FROM review_sent WHERE sent_at < %s", (cutoff,)).rowcount
+            first += conn.execute("DELETE FROM proactive_count WHERE day < %s", (days,)).rowcount
             return int(first) + int(conn.execute("DELETE FROM buyer_message WHERE received_at < %s", (cutoff,)).rowcount)
 
         return self._write(delete)

@@ -74,6 +74,14 @@ CREATE TABLE IF NOT EXISTS restriction (
     added_at     INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+COUNT_TABLE = """
+CREATE TABLE IF NOT EXISTS proactive_count (
+    marketplace  TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (marketplace, day)
+) WITHOUT ROWID;
+"""
 MIGRATIONS: dict[int, str] = {
     # to version: the script from the version before (run in one transaction with the user_version bump)
     1: SCHEMA_V1,
@@ -81,6 +89,7 @@ MIGRATIONS: dict[int, str] = {
     + "UPDATE optout_count SET entries = (SELECT count(*) FROM optout WHERE optout.source = optout_count.source);"
     + "INSERT OR IGNORE INTO optout_count (source, entries) SELECT source, count(*) FROM optout GROUP BY source;",
     3: RESTRICTION_TABLE,
+    4: COUNT_TABLE,
 }
 
 BUSY_TIMEOUT = 2.0
