@@ -29,9 +29,11 @@ DEB_PACKAGES  := debhelper dh-python pybuild-plugin-pyproject python3-all python
 # (systemd-container), where it needs the Debian packages the .deb depends on.
 # dovecot-core: tests/e2e/test_recognise.py authenticates SMTP clients (SASL) against a Dovecot it runs itself
 # (tests/e2e/sasl.py: own config and directory, auth only); the package's own service is not used.
+# faketime (brings libfaketime): tests/e2e/test_daily_limit.py moves the milter's wall clock to the next UTC
+# day without sleeping (tests/support/faketime.py preloads the library with a timestamp file).
 TEST_PACKAGES := $(DEMO_PACKAGES) m4 libwrap0 systemd systemd-container man-db groff-base $(DEB_PACKAGES) \
                  python3-milter python3-prometheus-client postgresql libpq5 python3-psycopg python3-psycopg-pool \
-                 dovecot-core
+                 dovecot-core faketime
 
 .PHONY: run test demo soak bench check-config docs deb system-run system-demo system-test system-deb venv clean
 

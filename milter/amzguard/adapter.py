@@ -653,8 +653,11 @@ class AmzguardMilter(Milter.Base):
 
     def _limit_tempfail(self, over: tuple[OverLimit, ...]) -> int:
         """451 for the whole message (a shop copy in it waits too: a milter cannot tempfail a recipient at
-        end of message). On the SMTP path the client gets the 451 and must retry; on the sendmail(1) path
-        Postfix keeps the maildrop file and pickup retries it (docs/operating.md, "Daily limit")."""
+        end of message). On the SMTP path the client gets the 451 and must retry. On the sendmail(1) path
+        nobody sees it: Postfix's cleanup_milter.c (cleanup_milter_apply, case '4') sets CLEANUP_STAT_DEFER,
+        and pickup.c's cleanup_service_error_reason removes the maildrop file only for CLEANUP_STAT_BAD or
+        CLEANUP_STAT_RCPT, so it stays (KEEP_MESSAGE_FILE) and pickup's next scan (60 s, or postkick)
+        submits it again, without a bounce (tests/e2e/test_daily_limit.py shows both)."""
         self.setreply("451", "4.7.1", limit_text(over[0]))
         self._finish_message(MessageResult.TEMPFAILED)
         return Milter.TEMPFAIL

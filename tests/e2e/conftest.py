@@ -53,9 +53,11 @@ def start_stack(
     transport_maps: str = "",
     extra_master_cf: str = "",
     main_cf: dict[str, str] | None = None,
+    milter_class: type[MilterProcess] = MilterProcess,
     **sections: object,
 ) -> Stack:
     """``sections`` go into the amzguard config; ``prepare(workdir)`` runs before anything starts;
+    ``milter_class`` runs the milter (tests/support/faketime.py: with a clock the test moves);
     ``transport_maps`` are listed after the shipped map; ``extra_master_cf`` adds Postfix services
     (``{workdir}`` in it is replaced by the stack's directory); ``main_cf`` overrides main.cf settings."""
     workdir = make_workdir(f"amzguard-{name}-")
@@ -64,7 +66,7 @@ def start_stack(
     socket_path = workdir / "amzguard.sock"
     socket = f"unix:{socket_path}"
     config = write_config(workdir / "amzguard.yml", socket, **sections)
-    milter = MilterProcess(config, socket, workdir / "amzguard.log", group="postfix").start()
+    milter = milter_class(config, socket, workdir / "amzguard.log", group="postfix").start()
     (workdir / "postfix").mkdir(mode=0o755)
     maps = ", ".join(filter(None, [f"regexp:{TRANSPORT_MAP}", transport_maps]))
     postfix = PostfixInstance(workdir / "postfix", milter=socket, transport_maps=maps, extra_main_cf=main_cf,
