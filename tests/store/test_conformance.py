@@ -5,6 +5,7 @@ several processes deciding one order at once. Buyer addresses are made up."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,9 @@ from amzguard.policy import BuyerMessage, MessageFacts, ReviewSent, StoreQuestio
 from amzguard.store import SCHEMA_VERSION, MessageRow, OptOut, ReviewRow, SchemaError, Store, open_location
 from amzguard.policy.restriction import ALL, Restriction
 from amzguard.store import postgres
+from amzguard.store import sqlite as sqlite_store
+from amzguard.store import COUNT_DAYS, DailyCount, DailyLimitReached, OverLimit
+from amzguard.policy import ProactiveSent, utc_day
 from amzguard.store.postgres import PostgresStore
 from amzguard.store.sqlite import SqliteStore
 from tests.support.postgres import PASSWORD, PostgresCluster
@@ -314,19 +318,155 @@ def test_store_copy_takes_restrictions(make: Factory, location: str, tmp_path: P
     assert make().restrictions() == source.restrictions()
 
 
-def test_postgres_schema_2_is_migrated_to_3(pg_cluster: PostgresCluster) -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_postgres_older_schema_is_migrated_to_the_current_one(pg_cluster: PostgresCluster, version: int) -> None:
     database = pg_cluster.new_database()
     url = pg_cluster.socket_url(database)
-    old = postgres.SCHEMA.replace(postgres.RESTRICTION_TABLE, "").replace(
-        f"VALUES ({SCHEMA_VERSION});", "VALUES (2);")
-    store = PostgresStore(url)
+    old = postgres.SCHEMA.replace(postgres.COUNT_TABLE, "").replace(f"VALUES ({SCHEMA_VERSION});",
+                                                                     f"VALUES ({version});")  # fmt: skip
+    if version < 3:
+        old = old.replace(postgres.RESTRICTION_TABLE, "")
+    store = PostgresStore(url, clock=Clock(NOON))
     with store._direct() as conn:
         conn.execute(old)
+        conn.execute("INSERT INTO review_sent (order_id, buyer, sent_at) VALUES (%s, %s, %s)", (ORDER, BUYER, NOON))
     try:
-        with pytest.raises(SchemaError, match="schema 2 is older"):
+        with pytest.raises(SchemaError, match=f"schema {version} is older"):
             store.check()
-        assert store.migrate() == (2, SCHEMA_VERSION)
+        assert store.migrate() == (version, SCHEMA_VERSION)
         store.check()
+        assert store.reviewed_orders([ORDER]) == {ORDER}
         assert store.restrict([Restriction("de", 2_000_000_000)]).changed == 1
+        assert store.record([ProactiveSent("de", 1, 1)]) == frozenset()
     finally:
         store.shutdown()
+
+
+# -- the daily limit's counts (issue 12 item 7) -------------------------------------------------------
+
+NOON = 1_800_000_000 // 86400 * 86400 + 43200
+"""Noon UTC of 2027-01-15: a day away from both midnights."""
+
+
+def test_limit_exactly_reached_fits_one_more_does_not(make: Factory) -> None:
+    store = make(clock=Clock(NOON))
+    day = utc_day(NOON)
+    assert store.record([ProactiveSent("de", 2, 3)]) == frozenset()
+    assert store.record([ProactiveSent("de", 1, 3)]) == frozenset()  # exactly the limit: fits
+    with pytest.raises(DailyLimitReached) as reached:
+        store.record([ProactiveSent("de", 1, 3)])
+    assert reached.value.over == (OverLimit("de", day, 3, 1, 3),)
+    assert store.daily_counts() == [DailyCount("de", day, 3)]
+    assert store.record([ProactiveSent("fr", 1, 3)]) == frozenset()  # each marketplace counts alone
+    assert store.daily_counts(day) == [DailyCount("de", day, 3), DailyCount("fr", day, 1)]
+    assert store.status().proactive_today == {"de": 3, "fr": 1}
+
+
+def test_a_message_over_the_limit_records_nothing(make: Factory) -> None:
+    """All or nothing: neither the counts of the other marketplaces nor the review request."""
+    store = make(clock=Clock(NOON))
+    store.record([ProactiveSent("fr", 1, 1)])
+    with pytest.raises(DailyLimitReached) as reached:
+        store.record([ReviewSent(ORDER, BUYER), BuyerMessage("<m@buyer.example>", BUYER),
+                      ProactiveSent("de", 1, 5), ProactiveSent("fr", 1, 1)])  # fmt: skip
+    assert [o.marketplace for o in reached.value.over] == ["fr"]
+    assert store.reviewed_orders([ORDER]) == frozenset()
+    assert store.thread_senders(["<m@buyer.example>"]) == frozenset()
+    assert [(c.marketplace, c.count) for c in store.daily_counts()] == [("fr", 1)]
+    # A message to more buyers than the limit never fits, even on a fresh day (it waits, then bounces).
+    with pytest.raises(DailyLimitReached) as too_many:
+        store.record([ProactiveSent("it", 3, 2)])
+    assert too_many.value.over[0].count == 0 and too_many.value.over[0].adding == 3
+    assert store.record([ReviewSent(ORDER, BUYER), ProactiveSent("de", 1, 5)]) == frozenset()
+    assert store.reviewed_orders([ORDER]) == {ORDER}
+
+
+def test_an_order_taken_is_answered_before_the_limit(make: Factory) -> None:
+    """The caller judges again with the order as a duplicate; that judgement counts one buyer less."""
+    store = make(clock=Clock(NOON))
+    store.record([ReviewSent(ORDER, BUYER)])
+    store.record([ProactiveSent("de", 1, 1)])
+    assert store.record([ReviewSent(ORDER, "other@marketplace.amazon.de"), ProactiveSent("de", 1, 1)]) == {ORDER}
+    assert store.daily_counts()[0].count == 1
+
+
+def test_counts_start_again_each_utc_day_and_uncapped_counts_go_over(make: Factory) -> None:
+    clock = Clock(NOON - 43200 + 86399)  # 23:59:59 UTC
+    store = make(clock=clock)
+    first = store.today()
+    store.record([ProactiveSent("de", 1, 1)])
+    clock.now += 1  # 00:00:00 UTC: a new day
+    assert store.today() == utc_day(clock.now) != first
+    store.record([ProactiveSent("de", 1, 1)])
+    store.record([ProactiveSent("de", 4, None)])  # monitor mode: counted whatever the limit
+    assert store.daily_counts() == [DailyCount("de", first, 1), DailyCount("de", store.today(), 5)]
+
+
+def test_old_days_are_purged_with_the_retention_purge(make: Factory) -> None:
+    clock = Clock(NOON)
+    store = make(clock=clock)
+    for _ in range(COUNT_DAYS + 1):
+        store.record([ProactiveSent("de", 1, 10)])
+        clock.now += 86400
+    clock.now -= 86400  # the last day counted is today
+    store.purge()
+    days = [c.day for c in store.daily_counts()]
+    assert len(days) == COUNT_DAYS and days[-1] == store.today() and days[0] == utc_day(NOON + 86400)
+
+
+def test_concurrent_takers_never_exceed_the_limit(make: Factory) -> None:
+    """Six hosts (six store handles, each its own connections) race for one marketplace's day."""
+    limit, hosts, tries = 17, 6, 10
+    clock = Clock(NOON)
+    stores = [make(clock=clock) for _ in range(hosts)]
+    wins: list[int] = []
+    barrier = threading.Barrier(hosts)
+
+    def take(n: int) -> None:
+        barrier.wait()
+        for attempt in range(tries):
+            try:
+                stores[n].record([ReviewSent(f"302-{n:07d}-{attempt:07d}", f"b{n}@x.test"),
+                                  ProactiveSent("de", 1, limit)])  # fmt: skip
+            except DailyLimitReached:
+                continue
+            wins.append(n)
+        stores[n].close()
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(hosts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(wins) == limit
+    assert stores[0].daily_counts() == [DailyCount("de", utc_day(NOON), limit)]
+    assert len(stores[0].review_rows()) == limit  # a review request only with its count
+
+
+def test_store_copy_takes_daily_counts_and_never_lowers_one(make: Factory, location: str, tmp_path: Path) -> None:
+    source = SqliteStore(tmp_path / "from.sqlite", clock=Clock(NOON))
+    source.record([ProactiveSent("de", 5, 10)])
+    source.record([ProactiveSent("fr", 1, 10)])
+    target = make(clock=Clock(NOON))
+    target.record([ProactiveSent("fr", 3, 10)])
+    for _ in range(2):  # idempotent
+        done = subprocess.run([sys.executable, "-m", "amzguard", "-c", str(CONFIG), "store", "copy", "--from",
+                               str(source.path), "--to", location], capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    day = utc_day(NOON)
+    assert target.daily_counts() == [DailyCount("de", day, 5), DailyCount("fr", day, 3)]
+
+
+def test_sqlite_schema_3_is_migrated_to_4(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    with sqlite3.connect(path) as conn:
+        for version in (1, 2, 3):
+            for statement in sqlite_store._statements(sqlite_store.MIGRATIONS[version]):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version=3")
+        conn.execute("INSERT INTO review_sent (order_id, buyer, sent_at) VALUES (?, ?, ?)", (ORDER, BUYER, NOON))
+    store = SqliteStore(path, clock=Clock(NOON))
+    assert store.schema_version() == 3
+    assert store.migrate() == (3, SCHEMA_VERSION) == (3, 4)
+    assert store.reviewed_orders([ORDER]) == {ORDER}
+    assert store.record([ProactiveSent("de", 1, 1)]) == frozenset()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import (
+    COUNT_DAYS,
     SCHEMA_VERSION,
     SOURCES,
     Counts,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from ..config import StoreSettings
 
 __all__ = [
-    "SCHEMA_VERSION", "SOURCES", "Counts", "MessageRow", "OptOut", "ReviewRow", "SchemaError", "Status", "Store",
+    "COUNT_DAYS", "SCHEMA_VERSION", "SOURCES", "Counts", "MessageRow", "OptOut", "ReviewRow", "SchemaError", "Status", "Store",
     "StoreError", "SqliteStore", "DailyCount", "DailyLimitReached", "OverLimit", "BACKENDS", "open_store", "open_location", "is_postgres_location",
 ]  # fmt: skip
 
