@@ -659,7 +659,7 @@ class AmzguardMilter(Milter.Base):
         CLEANUP_STAT_RCPT, so it stays (KEEP_MESSAGE_FILE) and pickup's next scan (60 s, or postkick)
         submits it again, without a bounce (tests/e2e/test_daily_limit.py shows both)."""
         self.setreply("451", "4.7.1", limit_text(over[0]))
-        self._finish_message(MessageResult.TEMPFAILED)
+        self._finish_message(MessageResult.HELD)
         return Milter.TEMPFAIL
 
     @guarded(MilterStage.ABORT, replies=False)

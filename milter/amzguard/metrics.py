@@ -72,6 +72,10 @@ class MessageResult(StrEnum):
     TEMPFAILED = "tempfailed"
     """A temporary failure: an internal error (``milter.on_error: tempfail``) or an opt-out store that
     could not be used (``store.on_error: tempfail``)."""
+    HELD = "held"
+    """Tempfailed (451) for the daily limit of proactive messages (policy/limits.py): the MTA sends it on
+    a later day. The same reply as ``tempfailed``, counted apart so that the alert on tempfails (a fault)
+    does not fire for hours while a limit works as configured."""
 
 
 class MilterStage(StrEnum):

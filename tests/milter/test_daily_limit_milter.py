@@ -56,6 +56,9 @@ def test_over_the_limit_is_451_and_records_nothing(tmp_path: Path) -> None:
         assert "channel=reply decision=deliver" in proc.wait_log("channel=reply")
         assert proc.metric("amzguard_daily_limit_tempfailed_total", marketplace="de", mode="enforce") == 1
         assert proc.metric("amzguard_proactive_messages_today", marketplace="de") == 1
+        # Counted apart from faults' tempfails (whose alert must not fire while a limit works as configured).
+        assert proc.metric("amzguard_messages_total", result="held", path="smtp") == 1
+        assert proc.metric("amzguard_messages_total", result="tempfailed", path="smtp") == 0
     finally:
         assert proc.stop() == 0
 

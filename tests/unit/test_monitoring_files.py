@@ -10,6 +10,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from amzguard.metrics import Metrics
+from amzguard.policy import parse_limits
 from amzguard.store import BACKENDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,9 @@ def exported() -> dict[str, set[tuple[str, str]]]:
     metrics = Metrics()
     for backend in BACKENDS:  # a process exports one backend's store series; the files serve either
         metrics.store_backend(backend)
-    metrics.watch_register(lambda: None)
+    limits = parse_limits({"de": 1100, "*": 700})  # the daily limit's series exist only when configured
+    metrics.daily_limits(limits)
+    metrics.watch_register(lambda: None, lambda: limits)
     for family in text_string_to_metric_families(metrics.exposition().decode()):
         for sample in family.samples:
             names.setdefault(sample.name, set()).update(sample.labels.items())
