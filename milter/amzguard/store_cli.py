@@ -92,7 +92,7 @@ def _status(store: Store) -> int:
     print(f"opt-outs: {sum(status.register.values())} ({register})\nreview requests: {status.review_requests}\n"
           f"buyer messages: {status.buyer_messages}")  # fmt: skip
     today = ", ".join(f"{market} {count}" for market, count in sorted(status.proactive_today.items()))
-    print(f"proactive messages today (UTC, daily limit): {today or 'none'}")
+    print(f"proactive messages today ({status.today} UTC, daily limit): {today or 'none'}")
     return EX_OK
 
 

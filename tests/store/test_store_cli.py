@@ -3,11 +3,12 @@ cluster; and the milter refusing a schema newer than it knows. Buyer addresses a
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from amzguard.policy import BuyerMessage, ReviewSent
+from amzguard.policy import BuyerMessage, ProactiveSent, ReviewSent
 from amzguard.store import SCHEMA_VERSION, OptOut, open_location
 from amzguard.store.sqlite import SqliteStore
 from tests.support.postgres import PASSWORD, PostgresCluster
@@ -27,6 +28,7 @@ def populated_sqlite(path: Path) -> SqliteStore:
                OptOut(BUYERS[2], None, "cli", 1_700_000_002)])  # fmt: skip
     store.record([ReviewSent(order, buyer) for order, buyer in zip(ORDERS[3:9], BUYERS[3:9])])
     store.record([BuyerMessage(f"<m{i}@buyer.example>", BUYERS[i]) for i in range(9, 12)])
+    store.record([ProactiveSent("de", 4, None), ProactiveSent("co.uk", 1, None)])  # today's daily-limit counts
     return store
 
 
@@ -40,6 +42,7 @@ def answers(location: str) -> tuple[object, ...]:
             store.thread_senders([f"<m{i}@buyer.example>" for i in range(14)]),
             tuple(store.buyer_for_order(order) for order in ORDERS),
             store.entries(), store.review_rows(), store.message_rows(), store.counts_by_source(),
+            store.daily_counts(),
         )  # fmt: skip
     finally:
         store.shutdown()
@@ -67,6 +70,11 @@ def test_copy_from_sqlite_to_postgresql_gives_identical_answers(tmp_path: Path, 
     assert f"backend: postgresql\nlocation: postgresql: user=amzguard dbname={dbname} host=127.0.0.1" in status.stdout
     assert f"schema: {SCHEMA_VERSION}" in status.stdout
     assert "opt-outs: 3 (cli 1, import 1, notice 1)\nreview requests: 6\nbuyer messages: 3" in status.stdout
+    # The status names the UTC day it shows (the counts were made today, unless midnight passed meanwhile).
+    day = re.search(r"^proactive messages today \((\d{4}-\d\d-\d\d) UTC, daily limit\): (.*)$", status.stdout, re.M)
+    assert day, status.stdout
+    made = [c for c in SqliteStore(tmp_path / "old.sqlite").daily_counts() if c.day == day[1]]
+    assert day[2] == (", ".join(f"{c.marketplace} {c.count}" for c in made) or "none")
     # And back again, into a new SQLite file: the same answers.
     back = amzguard(config, "store", "copy", "--to", str(tmp_path / "back.sqlite"))
     assert back.returncode == 0, back.stderr

@@ -149,6 +149,8 @@ class Status:
     buyer_messages: int
     proactive_today: dict[str, int] = field(default_factory=dict)
     """Today's (UTC) proactive messages per marketplace, for the daily limit."""
+    today: str = ""
+    """That UTC day, ``YYYY-MM-DD``."""
 
 
 class Store(Protocol):
@@ -612,8 +614,9 @@ class SqlStore:
             return int(reviews), int(conn.execute("SELECT count(*) FROM buyer_message").fetchone()[0])
 
         reviews, messages = self._read(read)
-        today = {row.marketplace: row.count for row in self.daily_counts(self.today())}
-        return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages, today)
+        day = self.today()
+        today = {row.marketplace: row.count for row in self.daily_counts(day)}
+        return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages, today, day)
 
     def schema_version(self) -> int | None:
         raise NotImplementedError
