@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amzguard.address import parse_address
@@ -164,3 +164,35 @@ def test_the_limit_makes_the_policy_use_the_store() -> None:
     plain = {"channels": {"review": {"enabled": False}, "critical": {"enabled": False}}}
     assert not Policy.from_settings(parse_config(plain).policy).uses_store()
     assert Policy.from_settings(parse_config({**plain, "limits": {"proactive_per_day": 1}}).policy).uses_store()
+
+
+MARKETS = ("de", "fr", "co.uk", "com", "co.jp")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(MARKETS), st.booleans(), st.booleans()), max_size=8),
+       st.dictionaries(st.sampled_from(MARKETS + ("*",)), st.integers(1, 50), max_size=3))  # fmt: skip
+def test_counts_are_the_distinct_delivered_buyers_of_limited_marketplaces(
+    buyers: list[tuple[int, str, bool, bool]], limits: dict[str, int]
+) -> None:
+    """Any mix of relay and marked buyers, opted out or not, repeated or not: one count per distinct
+    buyer delivered, per marketplace that has a limit, each record with that marketplace's limit."""
+    pol = policy(limits=limits or None)
+    to, opted, expected = [], set(), {}  # type: ignore[var-annotated]
+    for n, market, marked, opted_out in buyers:
+        address = f"blacklisted-{n}@amazon.{market}" if marked else f"q{n}x7k2m9z1bc3de@marketplace.amazon.{market}"
+        key = f"{n}@amazon.{market}" if marked else address
+        to.append(address)
+        if opted_out:
+            opted.add(key)
+    for address in to:
+        marked = address.startswith("blacklisted-")
+        key = address.removeprefix("blacklisted-")
+        market = key.rpartition("amazon.")[2]
+        if key not in opted and pol.settings.limits.limit_for(market) is not None:
+            expected.setdefault(market, set()).add(key)
+    if not to:
+        return
+    got = judge(pol, list(dict.fromkeys(to)), f"Order {ORDER}", opted_out=frozenset(opted))
+    assert counts(got) == [ProactiveSent(m, len(keys), pol.settings.limits.limit_for(m))
+                           for m, keys in sorted(expected.items())]  # fmt: skip
