@@ -34,6 +34,7 @@ OPTED_OUT_TEXT = DEFAULT_REASON_TEXTS[Reason.OPTED_OUT]
 ROUNDS = 8
 ORDER_SUFFIX = {"a": "1000001", "b": "2000001"}
 """Simultaneous pairs of review requests for one order; each round is one race between the two hosts."""
+FLEET_LIMIT = 3
 
 
 @dataclass
@@ -64,10 +65,12 @@ def fleet(pg_cluster: PostgresCluster) -> Iterator[Fleet]:
     store.migrate()  # amzguard store init, once for the fleet
     store.shutdown()
     channels = {"review": {"enabled": True, "token": REVIEW_TOKEN, "allowed_senders": [REVIEW_SENDER]}}
+    # The daily limit only for a marketplace no other test here sends to (test_daily_limit_shared_by_the_fleet).
+    limits = {"proactive_per_day": {"com.mx": FLEET_LIMIT}}
     a = start_stack("fleet-a", prepare=_learn_config(url), transport_maps=f"inline:{{ {LEARN_ADDRESS}=amzguard-optout: }}",
-                    extra_master_cf=PIPE_SERVICE, channels=channels, store={"url": url})  # fmt: skip
+                    extra_master_cf=PIPE_SERVICE, channels=channels, store={"url": url}, limits=limits)  # fmt: skip
     try:
-        b = start_stack("fleet-b", channels=channels, store={"url": url})
+        b = start_stack("fleet-b", channels=channels, store={"url": url}, limits=limits)
     except Exception:
         stop_stack(a)
         raise
@@ -189,3 +192,34 @@ def test_database_stopped_mid_run(fleet: Fleet) -> None:
         assert {store.buyer_for_order(order) for order in orders} == {buyer}
     finally:
         store.shutdown()
+
+
+def test_daily_limit_shared_by_the_fleet(fleet: Fleet) -> None:
+    """Six review requests to com.mx buyers (limit 3), three through each host, all at once: the hosts share
+    one count, so exactly as many get 250 as the database counted, never more than the limit a day."""
+    results: dict[int, SmtpResult] = {}
+    barrier = threading.Barrier(6)
+
+    def send(n: int) -> None:
+        stack = fleet.a if n % 2 else fleet.b
+        buyer = f"mx{n:02d}k2m9q4p1z8w3@marketplace.amazon.com.mx"
+        barrier.wait()
+        results[n] = stack.postfix.smtp(REVIEW_SENDER, [buyer], review(buyer, f"order 304-77700{n:02d}-1234567"))
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    codes = [(results[n].data_reply or (0, ""))[0] for n in range(6)]
+    assert sorted(set(codes)) == [250, 451], results
+    store = open_location(fleet.url)
+    try:
+        counts = [c for c in store.daily_counts() if c.marketplace == "com.mx"]
+    finally:
+        store.shutdown()
+    # One UTC day (two only if the test ran across midnight): exactly the limit went out, the rest waits.
+    assert all(c.count <= FLEET_LIMIT for c in counts) and codes.count(250) == sum(c.count for c in counts)
+    assert codes.count(250) >= FLEET_LIMIT  # with one day: exactly the limit
+    assert all(results[n].data_reply[1].startswith("4.7.1 daily limit of 3 proactive messages to Amazon "  # type: ignore[index]
+                                                   "marketplace com.mx reached") for n in range(6) if codes[n] == 451)
