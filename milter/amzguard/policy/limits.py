@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..address import Recipient, recipient_keys
-from .model import PROACTIVE_CHANNELS, Decision, Outcome, ProactiveSent
+from .model import PROACTIVE_CHANNELS, Decision, Outcome, ProactiveSent, StoreRecord
 from .restriction import ALL, marketplace_of, valid_marketplace
 
 MAX_LIMIT = 10_000_000
@@ -128,6 +128,6 @@ def counted(settings: LimitSettings, decisions: Iterable[Decision], marked_prefi
                  for marketplace, keys in sorted(buyers.items()))  # fmt: skip
 
 
-def uncapped(records: Iterable[object]) -> tuple[object, ...]:
+def uncapped(records: Iterable[StoreRecord]) -> tuple[StoreRecord, ...]:
     """The same records with every count's limit removed (monitor mode: see ``counted``)."""
     return tuple(ProactiveSent(r.marketplace, r.count, None) if isinstance(r, ProactiveSent) else r for r in records)
