@@ -33,6 +33,7 @@ from .policy import (
     ReplyCheck,
     ReviewChannelSettings,
 )
+from .policy.senders import parse_approved
 from .policy.recognise import CriterionError, RecogniseEntry, SubjectPattern, client_network
 from .privacy import AddressPrivacy, AddressStyle
 
@@ -52,6 +53,7 @@ REASON_TEXT_KEYS: dict[Reason, str] = {
     # The findings follow this text in the SMTP reply and bounce ("...: foreign-link: link to ...").
     Reason.CONTENT: "content_text",
     Reason.MESSAGING_RESTRICTED: "messaging_restricted_text",
+    Reason.SENDER_NOT_APPROVED: "sender_not_approved_text",
 }
 DEFAULT_REASON_TEXTS: dict[Reason, str] = {
     reason: BY_PATH[f"refusal.{key}"].default for reason, key in REASON_TEXT_KEYS.items()
@@ -557,6 +559,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         marked_prefixes=tuple(buyers_section.value("marked_prefixes")),
         relay_domains=tuple(normalise_domain(d) for d in buyers_section.value("relay_domains")),
     )
+    approved_senders = parse_approved(buyers_section.value("approved_senders"))
     buyers_section.done()
 
     refusal = top.section("refusal")
@@ -592,6 +595,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         critical=critical,
         reason_texts=reason_texts,
         content=content,
+        approved_senders=approved_senders,
     )
     return Config(
         source=path,

@@ -130,3 +130,8 @@ from .recognise import CriterionError, RecogniseEntry, SubjectPattern, client_ad
 
 __all__ += ["CriterionError", "NO_ORIGIN", "Origin", "RecognisedBy", "RecogniseEntry", "SubjectPattern",
             "client_address", "client_network"]  # fmt: skip
+
+# Approved senders (issue 12): who may write to buyers' relay addresses.
+from .senders import NO_APPROVED_SENDERS, ApprovedSenders, parse_approved  # noqa: E402
+
+__all__ += ["ApprovedSenders", "NO_APPROVED_SENDERS", "parse_approved"]

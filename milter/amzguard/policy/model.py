@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..address import Address, BuyerPatterns, Recipient
 from ..content import ContentSettings, Finding
 from ..orderid import decoded_header
+from .senders import ApprovedSenders
 
 if TYPE_CHECKING:
     from .recognise import RecogniseEntry
@@ -103,6 +104,10 @@ class Reason(StrEnum):
     MESSAGING_RESTRICTED = "messaging-restricted"
     """A review request or critical message to a marketplace where Amazon restricted the account from
     proactive messages (policy/restriction.py); replies still pass."""
+    SENDER_NOT_APPROVED = "sender-not-approved"
+    """A message to a buyer's relay address whose envelope sender or From: is not in
+    ``buyers.approved_senders`` (policy/senders.py): Amazon would refuse it. At RCPT on the SMTP path when
+    the envelope sender alone already fails, whatever channel would grant it."""
 
 
 class MissingOrderId(StrEnum):
@@ -173,6 +178,8 @@ class PolicySettings:
     """Refusal text per reason; a reason not listed is answered with ``reply_text``."""
     content: ContentSettings
     """What a message a channel grants to a buyer may contain (judged by ``transaction.Transaction``)."""
+    approved_senders: ApprovedSenders
+    """Who may write to buyers' relay addresses (``buyers.approved_senders``; empty: not checked)."""
 
     def text_for(self, reason: Reason) -> str:
         for listed, text in self.reason_texts:

@@ -86,7 +86,13 @@ def is_restricted(restricted: frozenset[str], recipient: Recipient) -> bool:
         return False
     if ALL in restricted:
         return True
+    return any(marketplace in restricted for marketplace in buyer_marketplaces(recipient))
+
+
+def buyer_marketplaces(recipient: Recipient) -> tuple[str, ...]:
+    """The marketplaces of a buyer recipient: of each form it may be routed to, and of its unmarked
+    address (``blacklisted-x@marketplace.amazon.de`` → ``de``); empty for an address at no Amazon domain."""
     domains = [form.domain for form in (recipient.address, *recipient.forms)]
     if recipient.unmarked:
         domains.append(recipient.unmarked.rpartition("@")[2])
-    return any(marketplace_of(domain) in restricted for domain in domains)
+    return tuple(dict.fromkeys(m for m in map(marketplace_of, domains) if m))
