@@ -13,8 +13,9 @@ import pytest
 from amzguard.config import DEFAULT_REASON_TEXTS
 from amzguard.policy import Reason
 from tests.e2e.conftest import REVIEW_SENDER, Stack, bounces_about, start_stack, stop_stack, subject_of
-from tests.e2e.harness import make_message, unique_token
-from tests.support.milter_process import REVIEW_TOKEN
+from tests.e2e.harness import make_message, smtp_transaction, unique_token
+from tests.e2e.sendmail_harness import SendmailInstance, sendmail_stack
+from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
 RELAY_BUYER = "m2q8x4k7z1w9p3v6@marketplace.amazon.de"
 MARKED_BUYER = "blacklisted-60318@marketplace.amazon.fr"
@@ -134,3 +135,38 @@ def test_an_approved_sender_is_delivered_unmarked(stack: Stack, path: str) -> No
     assert relayed.message.get("X-Amzguard-Channel") is None
     stack.milter.wait_log(f"rcpt=<{MARKED_BUYER}> path={path} stage=eom channel=review decision=deliver-unmarked")
     stack.postfix.wait_queue_empty()
+
+
+# -- behind Sendmail (every connection is SMTP there, so refusals at RCPT are legal as on Postfix's SMTP path)
+
+
+def test_behind_sendmail_an_unapproved_sender_is_refused_and_an_approved_one_delivered() -> None:
+    def amzguard_for(sendmail: SendmailInstance) -> MilterProcess:
+        socket = f"unix:{sendmail.milter_socket}"
+        config = write_config(sendmail.workdir / "amzguard.yml", socket, buyers={"approved_senders": [REVIEW_SENDER]},
+                              channels={"review": {"enabled": True, "token": REVIEW_TOKEN}},
+                              refusal={"mixed_recipients": "reject"})  # fmt: skip
+        return MilterProcess(config, socket, sendmail.workdir / "amzguard.log")
+
+    with sendmail_stack(amzguard_for) as stack:
+        refused = unique_token("sm-approved-rcpt")
+        result = smtp_transaction(stack.sendmail.port, NEWSLETTER, [RELAY_BUYER, PARTNER],
+                                  review_request(NEWSLETTER, [RELAY_BUYER, PARTNER], refused))  # fmt: skip
+        code, text = result.rcpt_replies[RELAY_BUYER]
+        assert code == 550 and f"<{RELAY_BUYER}>: {TEXT}" in unfolded(text)
+        assert stack.wait_relayed(refused)[0].rcpts == [PARTNER]
+        stack.milter.wait_log(f"rcpt=<{RELAY_BUYER}> path=smtp stage=rcpt channel=none decision=refuse "
+                              "reason=sender-not-approved")  # fmt: skip
+
+        from_only = unique_token("sm-approved-from")
+        result = smtp_transaction(stack.sendmail.port, REVIEW_SENDER, [RELAY_BUYER],
+                                  review_request(NEWSLETTER, RELAY_BUYER, from_only))  # fmt: skip
+        assert result.data_reply is not None and result.data_reply[0] == 550
+        assert unfolded(result.data_reply[1]) == f"5.7.1 <{RELAY_BUYER}>: {TEXT}"
+
+        delivered = unique_token("sm-approved-ok")
+        result = smtp_transaction(stack.sendmail.port, REVIEW_SENDER, [MARKED_BUYER],
+                                  review_request(REVIEW_SENDER, MARKED_BUYER, delivered))  # fmt: skip
+        assert result.queued, result
+        assert stack.wait_relayed(delivered)[0].rcpts == [UNMARKED_BUYER]
+        assert stack.relayed(refused)[0].rcpts == [PARTNER] and stack.relayed(from_only) == []
