@@ -15,9 +15,11 @@ from amzguard.policy.senders import (
     NO_APPROVED_SENDERS,
     ApprovedSenders,
     envelope_approved,
+    _SIMPLE_FROM,
     from_mailboxes,
     listed,
     parse_approved,
+    parsed_from_mailboxes,
     sender_approved,
 )
 from amzguard.transaction import Transaction
@@ -184,3 +186,20 @@ def test_a_refusal_at_rcpt_is_one_the_end_of_message_gives_too(value, sender: st
         assert not whole
     if whole and settings.checks(recipient):
         assert all(listed(envelope, entries) for entries in settings.checks(recipient))
+
+
+FROM_ALPHABET = st.sampled_from(list('ab Z.-_+=?"\\,;:<>@()[]\t') + ["ü", "=?utf-8?q?M=C3=BCller?="])
+FROM_VALUES = st.one_of(
+    st.lists(FROM_ALPHABET, max_size=30).map("".join),
+    st.builds(lambda name, local, domain, quoted: f'{chr(34) * quoted}{name}{chr(34) * quoted} <{local}@{domain}>',
+              st.lists(FROM_ALPHABET, max_size=12).map("".join), LOCALS.filter(bool), DOMAINS.filter(bool), st.booleans()),
+    st.builds(lambda local, domain: f"{local}@{domain}", LOCALS.filter(bool), DOMAINS.filter(bool)),
+)  # fmt: skip
+
+
+@given(FROM_VALUES)
+def test_the_quick_from_reading_agrees_with_email_utils(value: str) -> None:
+    """The common From: shapes are read without email.utils (policy/senders.py ``_SIMPLE_FROM``): where that
+    reading applies, it gives what email.utils' parser gives."""
+    if _SIMPLE_FROM.fullmatch(value):
+        assert from_mailboxes([value]) == parsed_from_mailboxes(value), value

@@ -164,7 +164,7 @@ class TaggedChannelRule(Protocol):
 
 def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
     """A channel's ``allowed_senders``: empty lets every sender use it."""
-    return not allowed or listed(sender, allowed)
+    return not allowed or listed(sender, tuple(entry.casefold() for entry in allowed))
 
 
 def tag_keyword(value: str) -> str:
