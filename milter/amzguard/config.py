@@ -34,6 +34,7 @@ from .policy import (
     ReviewChannelSettings,
 )
 from .policy.limits import LimitError, LimitSettings, parse_limits
+from .policy.senders import parse_approved
 from .policy.recognise import CriterionError, RecogniseEntry, SubjectPattern, client_network
 from .privacy import AddressPrivacy, AddressStyle
 
@@ -53,6 +54,7 @@ REASON_TEXT_KEYS: dict[Reason, str] = {
     # The findings follow this text in the SMTP reply and bounce ("...: foreign-link: link to ...").
     Reason.CONTENT: "content_text",
     Reason.MESSAGING_RESTRICTED: "messaging_restricted_text",
+    Reason.SENDER_NOT_APPROVED: "sender_not_approved_text",
 }
 DEFAULT_REASON_TEXTS: dict[Reason, str] = {
     reason: BY_PATH[f"refusal.{key}"].default for reason, key in REASON_TEXT_KEYS.items()
@@ -569,6 +571,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         marked_prefixes=tuple(buyers_section.value("marked_prefixes")),
         relay_domains=tuple(normalise_domain(d) for d in buyers_section.value("relay_domains")),
     )
+    approved_senders = parse_approved(buyers_section.value("approved_senders"))
     buyers_section.done()
 
     refusal = top.section("refusal")
@@ -606,6 +609,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         reason_texts=reason_texts,
         content=content,
         limits=limits,
+        approved_senders=approved_senders,
     )
     return Config(
         source=path,

@@ -37,7 +37,7 @@ from .content import (
     ContentRule,
 )
 from .policy import MissingOrderId, MixedRecipients, Mode, ReplyCheck
-from .policy.restriction import NOTICE_TEXT
+from .policy.restriction import NOTICE_TEXT, valid_marketplace
 from .privacy import AddressStyle
 
 # -- checks on YAML values -------------------------------------------------------------------------------
@@ -89,6 +89,13 @@ def _domains(v: object) -> bool:
 
 def _senders(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(s, str) and SENDER_RE.match(s) for s in v)
+
+
+def _approved_senders(v: object) -> bool:
+    # A list (every marketplace) or a mapping of marketplace names (de, co.uk, amazon.fr, *) to lists.
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and valid_marketplace(k) and _senders(e) for k, e in v.items())
+    return _senders(v)
 
 
 # -- the table -------------------------------------------------------------------------------------------
@@ -223,6 +230,20 @@ KEYS: tuple[Key, ...] = (
         details="The default lists marketplace.amazon. followed by com, de, co.uk, fr, it, es, nl, se, pl, "
         "com.be, co.jp, ca, com.mx, in, com.br, com.au, com.tr, eg, ae, sa, sg and ie. Matching is "
         "label-aligned: x@notmarketplace.amazon.de is no buyer.", shown_default="all Amazon marketplaces"),
+    Key("buyers.approved_senders", "list or mapping", (),
+        "Senders approved in Seller Central's Messaging Permissions: mail to relay addresses from others is "
+        "refused (sender-not-approved); empty: not checked.",
+        "a list of 'user@domain' or '@domain' entries, or a mapping of marketplaces (de, co.uk, *) to such lists",
+        _approved_senders,
+        details="Amazon delivers mail to a buyer's relay address only from the account's registered address or "
+        "one approved in Seller Central > Settings > Notification preferences > Messaging Permissions, per "
+        "marketplace. A list approves its entries for every marketplace; a mapping per marketplace "
+        "(de: [...], co.uk: [...], and * for every marketplace), a marketplace with no entries of its own and "
+        "no * entries is not checked. For a buyer at a relay domain whose message a channel grants, the "
+        "envelope sender and the From: address must both be listed (user@domain, or @domain for any user "
+        "of that domain), because Amazon does not say which of them it checks: list a mailer's bounce "
+        "address too when it differs from its From:. A message without exactly one readable From: is not "
+        "approved. On the SMTP path an unapproved envelope sender is refused already at RCPT TO."),
     # refusal
     line("refusal.reply_text",
          "Amazon forbids e-mail about orders or shipping to buyers; use Seller Central (refused by amzguard)",
@@ -256,6 +277,9 @@ KEYS: tuple[Key, ...] = (
     line("refusal.messaging_restricted_text", "Amazon restricted this account from proactive messages to this "
          "marketplace; replies still work (refused by amzguard)",
          "Refusal text for a review request or critical message while a messaging restriction holds."),
+    line("refusal.sender_not_approved_text", "Sender not approved for Amazon buyers; approve it in Seller Central "
+         "> Settings > Notification preferences > Messaging Permissions and in buyers.approved_senders (refused "
+         "by amzguard)", "Refusal text for mail to a buyer from a sender not in buyers.approved_senders."),
     # channels.review
     boolean("channels.review.enabled", False, "The review channel: tagged review requests may reach buyers.",
             "The shop's review-request mailer adds \"X-Amzguard-Channel: review SECRET\"; such mail may reach "

@@ -148,6 +148,13 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
             return f"granted by the {decision.channel.value} channel, but refused for its content: {'; '.join(refusing)}"
         case Reason.UNRESOLVED_ROUTE:
             return "a routing form whose destination is not certain; refused whatever channel (see the note below)"
+        case Reason.SENDER_NOT_APPROVED if verdict.stage == "rcpt":
+            return (f"envelope sender {bracketed(facts.sender)} is not in buyers.approved_senders for this marketplace, "
+                    "so this is certain before the headers (Seller Central: Messaging Permissions)")
+        case Reason.SENDER_NOT_APPROVED:
+            mailboxes = "; ".join(facts.header_values("from")) or "none"
+            return (f"envelope sender {bracketed(facts.sender)} or From: ({mailboxes}) is not in "
+                    "buyers.approved_senders for this marketplace (Seller Central: Messaging Permissions)")
         case Reason.MARKER_ONLY:
             return f"granted by the {decision.channel.value} channel, but nothing is left once the marker is removed"
         case _ if verdict.stage == "rcpt":

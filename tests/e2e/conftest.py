@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import PostfixInstance, make_workdir
+from tests.e2e.harness import BounceReport, PostfixInstance, make_workdir, parse_bounce
 from tests.support.milter_process import REVIEW_TOKEN, MilterProcess, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +44,22 @@ class Stack:
     def restart_milter(self) -> None:
         self.milter.stop()
         self.milter.start()
+
+
+def subject_of(message) -> str:
+    return str(message.get("Subject", ""))
+
+
+def bounces_about(stack: Stack, user: str, subject: str, count: int = 1) -> list[BounceReport]:
+    """The DSNs in ``user``'s mailbox whose returned message had ``subject`` (waits for ``count``)."""
+
+    def is_ours(message) -> bool:
+        if message.get_content_type() != "multipart/report":
+            return False
+        returned = parse_bounce(message).returned
+        return returned is not None and subject_of(returned) == subject
+
+    return [parse_bounce(m) for m in stack.postfix.wait_mailbox(user, count, predicate=is_ours)]
 
 
 def start_stack(

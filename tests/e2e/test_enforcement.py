@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from tests.e2e.conftest import REVIEW_SENDER, SHOP_SENDER, Stack
-from tests.e2e.harness import make_message, parse_bounce, unique_token
+from tests.e2e.conftest import REVIEW_SENDER, SHOP_SENDER, Stack, bounces_about, subject_of
+from tests.e2e.harness import make_message, unique_token
 from tests.support.milter_process import REVIEW_TOKEN
 
 RELAY_BUYER = "q7x2k9m4p1z8w3v5@marketplace.amazon.de"
@@ -21,8 +21,6 @@ TAG_HEADER = "X-Amzguard-Channel"
 REPLY_TEXT = "Amazon forbids e-mail about orders or shipping to buyers"
 
 
-def subject_of(message) -> str:
-    return str(message.get("Subject", ""))
 
 
 def dsn_address(value: str) -> str:
@@ -45,16 +43,6 @@ def assert_no_buyer_got(stack: Stack, subject: str, *buyers: str) -> None:
             assert buyer.lower() not in [r.lower() for r in message.rcpts], (buyer, message.rcpts)
 
 
-def bounces_about(stack: Stack, user: str, subject: str, count: int = 1):
-    """The DSNs in ``user``'s mailbox whose returned message had ``subject``."""
-
-    def is_ours(message) -> bool:
-        if message.get_content_type() != "multipart/report":
-            return False
-        returned = parse_bounce(message).returned
-        return returned is not None and subject_of(returned) == subject
-
-    return [parse_bounce(m) for m in stack.postfix.wait_mailbox(user, count, predicate=is_ours)]
 
 
 # -- SMTP path --------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import REVIEW_SENDER, Stack, start_stack, stop_stack
-from tests.e2e.harness import make_message, make_workdir, parse_bounce, unique_token
+from tests.e2e.conftest import REVIEW_SENDER, Stack, bounces_about, start_stack, stop_stack, subject_of
+from tests.e2e.harness import make_message, make_workdir, unique_token
 from tests.e2e.sasl import DovecotSasl
 
 MARKED_BUYER = "blacklisted-q7x2k9m4p1z8w3v5@marketplace.amazon.de"
@@ -51,8 +51,6 @@ def stack(dovecot: DovecotSasl) -> Iterator[Stack]:
     stop_stack(started)
 
 
-def subject_of(message) -> str:
-    return str(message.get("Subject", ""))
 
 
 def sink_with_subject(stack: Stack, subject: str):
@@ -60,14 +58,8 @@ def sink_with_subject(stack: Stack, subject: str):
 
 
 def bounce_about(stack: Stack, user: str, subject: str):
-    def is_ours(message) -> bool:
-        if message.get_content_type() != "multipart/report":
-            return False
-        returned = parse_bounce(message).returned
-        return returned is not None and subject_of(returned) == subject
-
-    [bounce] = stack.postfix.wait_mailbox(user, 1, predicate=is_ours)
-    return parse_bounce(bounce)
+    [bounce] = bounces_about(stack, user, subject)
+    return bounce
 
 
 def php_mail(stack: Stack, subject: str, to: str = MARKED_BUYER, sender: str = REVIEW_SENDER) -> None:

@@ -95,3 +95,22 @@ def test_untagged_mail_from_the_review_sender_refused_at_end_of_data(stack: Send
     stack.sendmail.syslog.wait(rf"Milter: data, reject=550 5\.7\.1 <{MARKED}>: {REPLY}")
     assert stack.relayed(subject) == []
     assert stack.sendmail.queue() == []
+
+
+def test_the_visible_to_and_cc_follow_the_unmarked_envelope(stack: SendmailStack) -> None:
+    """Issue 12 item 2 behind Sendmail: smfi_chgheader rewrites only the marked address token of To:/Cc:
+    (display name and the other address kept), as on Postfix."""
+    subject = unique_token("sm-visible-to")
+    headers = [TAG, ("Cc", f"{MARKED} (Max)")]
+    message = make_message(REVIEW_SENDER, f'"Max M." <{MARKED}>, {PARTNER}', subject, extra_headers=headers)
+    result = smtp_transaction(stack.sendmail.port, REVIEW_SENDER, [MARKED], message)
+    assert result.queued, result
+    [relayed] = stack.sink.wait_for(1, predicate=lambda m: str(m.message.get("Subject")) == subject)
+    assert relayed.rcpts == [UNMARKED]
+    assert [" ".join(v.split()) for v in relayed.message.get_all("To")] == [f'"Max M." <{UNMARKED}>, {PARTNER}']
+    assert [" ".join(v.split()) for v in relayed.message.get_all("Cc")] == [f"{UNMARKED} (Max)"]
+    # Sendmail's own Received: may name the envelope recipient; no other field does.
+    assert [name for name, value in relayed.headers if MARKED in value] in ([], ["Received"])
+    queue_id = result.data_reply[1].split()[1]
+    stack.milter.wait_log(f"{queue_id}: from=<{REVIEW_SENDER}> rcpt=<{MARKED}> path=smtp stage=eom "
+                          "channel=review decision=deliver-unmarked reason=channel")  # fmt: skip

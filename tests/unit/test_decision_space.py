@@ -46,6 +46,10 @@ POLICIES = [policy(m, c) for m in ("allow", "refuse") for c in ("reference", "th
 # Review requests recognised without the tag (no secret: the tag is off): the same decisions, no new ones.
 POLICIES.append(Policy.from_settings(parse_config({"channels": {"review": {
     "enabled": True, "recognise": [{"sender": "shop@shop.test", "subject": "*order*"}]}}}).policy))  # fmt: skip
+# Approved senders that do not include the sender: refused at RCPT without a channel, at end of message with
+# the channel that would have granted it.
+POLICIES.append(Policy.from_settings(parse_config({"buyers": {"approved_senders": ["@elsewhere.test"]},
+                                                   "channels": {"review": {"enabled": True, "token": TOKEN}}}).policy))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -138,3 +138,19 @@ def test_routing_form_is_judged_as_the_milter_does_without_rcpt_addr(
     assert "routing form whose destination is not certain" in out[2]
     assert any(line.startswith("note: on the SMTP path the milter judges the address Postfix itself resolved")
                for line in out)  # fmt: skip
+
+
+def test_an_unapproved_sender_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path, buyers={"approved_senders": {"de": ["support@shop.test"]}},
+                   channels={"review": {"enabled": True, "token": TOKEN}})  # fmt: skip
+    _, out = run(capsys, "-c", config, "--sender", "news@shop.test", "q7x2k9m4p1z8w3v5@marketplace.amazon.de")
+    assert out[1] == ("<q7x2k9m4p1z8w3v5@marketplace.amazon.de>: refuse at RCPT TO "
+                      "(reason sender-not-approved, channel none)")  # fmt: skip
+    assert "envelope sender <news@shop.test> is not in buyers.approved_senders" in out[2]
+    _, out = run(capsys, "-c", config, "--sender", "support@shop.test", "--header", TAG,
+                 "--header", "From: Shop <news@shop.test>", "q7x2k9m4p1z8w3v5@marketplace.amazon.de")  # fmt: skip
+    assert out[1].endswith("refuse at end of message (reason sender-not-approved, channel review)")
+    assert "or From: (Shop <news@shop.test>) is not in buyers.approved_senders" in out[2]
+    # A buyer of a marketplace nothing is approved for is not checked.
+    _, out = run(capsys, "-c", config, "--sender", "news@shop.test", "--header", TAG, "40417@marketplace.amazon.fr")
+    assert out[1].startswith("<40417@marketplace.amazon.fr>: deliver at end of message (reason channel")

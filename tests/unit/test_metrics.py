@@ -43,14 +43,15 @@ def test_every_series_exists_at_zero_from_the_start() -> None:
         for path in SubmissionPath:
             assert got[("amzguard_messages_total", frozenset({"result": result, "path": path}.items()))] == 0
     recipient_series = [key for key in got if key[0] == "amzguard_recipients_total"]
-    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 21 x 2
+    # Only the combinations the policy can produce (policy.possible_decisions), in both modes: 25 x 2
     # (issue 11: content refusals for each channel, no-order-id from the content rule for review and critical;
-    # unresolved-route without a channel; issue 12: messaging-restricted for review and critical).
+    # unresolved-route without a channel; issue 12: messaging-restricted for review and critical,
+    # sender-not-approved for each channel and without one at RCPT).
     expected = {
         frozenset({"decision": o.value, "reason": r.value, "channel": c.value, "mode": m.value}.items())
         for (o, r, c) in possible_decisions() for m in Mode
     }  # fmt: skip
-    assert {labels for _, labels in recipient_series} == expected and len(expected) == 42
+    assert {labels for _, labels in recipient_series} == expected and len(expected) == 50
     assert all(got[key] == 0 for key in recipient_series)
     never = frozenset({"decision": "refuse", "reason": "opted-out", "channel": "reply", "mode": "enforce"}.items())
     assert ("amzguard_recipients_total", never) not in got  # only the review channel vetoes opt-outs
@@ -73,11 +74,12 @@ def test_no_created_series() -> None:
     assert "_created" not in text
     # 466 lines before (211 _created, 140 impossible recipient series); 148 with issue 11's content
     # series (25 findings series per rule and action, 8 more recipient series); the decision histogram's
-    # stage=data (mail accepted at DATA, issue 13) adds 15, unresolved-route 2; the daily limit's held
-    # counter 2 (HELP and TYPE: its series come only with limits.proactive_per_day), result=held 3
-    assert len(text.splitlines()) < 185
-    metrics.store_backend("postgresql")  # the store series: one backend's, 39 lines
-    assert len(metrics.exposition().decode().splitlines()) < 225
+    # stage=data (mail accepted at DATA, issue 13) adds 15, unresolved-route 2; issue 12's
+    # sender-not-approved 8 (187 lines measured); the daily limit's held counter 2 (HELP and TYPE: its
+    # series come only with limits.proactive_per_day), result=held 3 (192 lines measured)
+    assert len(text.splitlines()) < 195
+    metrics.store_backend("postgresql")  # the store series: one backend's, 36 lines
+    assert len(metrics.exposition().decode().splitlines()) < 231
 
 
 def test_no_created_series_with_debians_prometheus_client_016() -> None:

@@ -289,3 +289,18 @@ def test_marked_buyer_with_a_plain_spelling_is_still_unmarked() -> None:
     message = policy.read_order_id(facts([TAG, ("Subject", "Your review of order 028-1234567-1234567")]))
     decision = policy.decide(message, rcpt("<@a.example:blacklisted-40417@amazon.fr>"))
     assert decision.outcome is Outcome.DELIVER_UNMARKED
+
+
+def test_the_decoded_subject_is_kept_per_facts_and_never_outlives_its_headers() -> None:
+    import dataclasses
+
+    from amzguard.address import parse_address
+    from amzguard.policy import MessageFacts, SubmissionPath
+
+    encoded = MessageFacts(sender=parse_address("<shop@shop.test>"), path=SubmissionPath.SMTP,
+                           headers=(("Subject", "=?utf-8?q?Ihre_Bestellung_302-1234567-7654321?="),))  # fmt: skip
+    assert encoded.subject() == "Ihre Bestellung 302-1234567-7654321" == encoded.subject()
+    other = dataclasses.replace(encoded, headers=(("Subject", "=?utf-8?q?=5BWichtig=5D_Lieferung?="),))
+    assert other.subject() == "[Wichtig] Lieferung"
+    assert dataclasses.replace(encoded, order_id="302-1234567-7654321").subject() == encoded.subject()
+    assert encoded == dataclasses.replace(encoded)  # the kept subject is no part of equality

@@ -136,3 +136,7 @@ __all__ += ["CriterionError", "NO_ORIGIN", "Origin", "RecognisedBy", "RecogniseE
 from .limits import NO_LIMITS, LimitError, LimitSettings, parse_limits, utc_day  # noqa: E402
 
 __all__ += ["LimitError", "LimitSettings", "NO_LIMITS", "ProactiveSent", "parse_limits", "utc_day"]
+# Approved senders (issue 12): who may write to buyers' relay addresses.
+from .senders import NO_APPROVED_SENDERS, ApprovedSenders, parse_approved  # noqa: E402
+
+__all__ += ["ApprovedSenders", "NO_APPROVED_SENDERS", "parse_approved"]

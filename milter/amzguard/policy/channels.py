@@ -42,6 +42,7 @@ from .model import (
 )
 from .recognise import recognising_entry
 from .restriction import is_restricted
+from .senders import listed
 
 class ChannelRule(Protocol):
     """One way a message may legitimately reach a buyer."""
@@ -162,16 +163,8 @@ class TaggedChannelRule(Protocol):
 
 
 def sender_allowed(sender: Address, allowed: tuple[str, ...]) -> bool:
-    if not allowed:
-        return True
-    mailbox = f"{sender.local.casefold()}@{sender.domain}"
-    for entry in allowed:
-        entry = entry.casefold()
-        if entry.startswith("@") and sender.domain == entry[1:]:
-            return True
-        if entry == mailbox:
-            return True
-    return False
+    """A channel's ``allowed_senders``: empty lets every sender use it."""
+    return not allowed or listed(sender, tuple(entry.casefold() for entry in allowed))
 
 
 def tag_keyword(value: str) -> str:

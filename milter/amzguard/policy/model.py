@@ -4,13 +4,14 @@ message, a decision, and what the store is asked and told. Plain frozen data, no
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from ..address import Address, BuyerPatterns, Recipient
 from ..content import ContentSettings, Finding
 from ..orderid import decoded_header
+from .senders import ApprovedSenders
 
 if TYPE_CHECKING:
     from .limits import LimitSettings
@@ -104,6 +105,10 @@ class Reason(StrEnum):
     MESSAGING_RESTRICTED = "messaging-restricted"
     """A review request or critical message to a marketplace where Amazon restricted the account from
     proactive messages (policy/restriction.py); replies still pass."""
+    SENDER_NOT_APPROVED = "sender-not-approved"
+    """A message to a buyer's relay address whose envelope sender or From: is not in
+    ``buyers.approved_senders`` (policy/senders.py): Amazon would refuse it. At RCPT on the SMTP path when
+    the envelope sender alone already fails, whatever channel would grant it."""
 
 
 class MissingOrderId(StrEnum):
@@ -176,6 +181,8 @@ class PolicySettings:
     """What a message a channel grants to a buyer may contain (judged by ``transaction.Transaction``)."""
     limits: LimitSettings
     """Amazon's daily limit of proactive messages per marketplace (policy/limits.py; empty: off)."""
+    approved_senders: ApprovedSenders
+    """Who may write to buyers' relay addresses (``buyers.approved_senders``; empty: not checked)."""
 
     def text_for(self, reason: Reason) -> str:
         for listed, text in self.reason_texts:
@@ -219,6 +226,10 @@ class MessageFacts:
     """SASL login and client address (for ``channels.review.recognise``)."""
     restricted: frozenset[str] = frozenset()
     """Marketplaces under a messaging restriction now (policy/restriction.py; ``*``: all)."""
+    _subject: str | None = field(default=None, init=False, repr=False, compare=False)
+    """``subject()`` once decoded: several rules read it per message (review entries, the order id, the
+    critical markers, reply prefixes), and decoding an RFC 2047 subject costs 5.7 us (0.7 us a plain one).
+    ``dataclasses.replace`` starts it afresh, so facts with other headers never see a stale one."""
 
     def header_values(self, name: str) -> list[str]:
         wanted = name.casefold()
@@ -226,8 +237,12 @@ class MessageFacts:
 
     def subject(self) -> str:
         """The first Subject field, RFC 2047 decoded; empty if there is none."""
-        values = self.header_values("subject")
-        return " ".join(decoded_header(values[0]).split()) if values else ""
+        subject = self._subject
+        if subject is None:
+            values = self.header_values("subject")
+            subject = " ".join(decoded_header(values[0]).split()) if values else ""
+            object.__setattr__(self, "_subject", subject)  # a cache of a pure function of the frozen headers
+        return subject
 
 
 @dataclass(frozen=True, slots=True)
