@@ -230,6 +230,9 @@ _COUNT_PROACTIVE = (
     # On PostgreSQL a concurrent transaction waits for the row lock and then re-checks against the
     # committed sum (ON CONFLICT DO UPDATE in READ COMMITTED sees the latest version), so a fleet sharing
     # the database never goes over; rolling the transaction back takes the increment back too.
+    # Cost, only with a limit set: a review request's record took 0.22 ms on PostgreSQL over its unix socket
+    # and 0.53 ms with the count (one statement more, and BEGIN/COMMIT: two statements need a transaction);
+    # SQLite 0.039 -> 0.072 ms (400 records each, measured).
     "INSERT INTO proactive_count (marketplace, day, n) VALUES (?, ?, ?) "
     "ON CONFLICT (marketplace, day) DO UPDATE SET n = proactive_count.n + excluded.n "
     "WHERE proactive_count.n + excluded.n <= ? RETURNING n"
