@@ -302,6 +302,13 @@ class SendmailInstance:
         """What the MSP still holds (messages it could not hand over nor bounce)."""
         return sorted(p.name for p in (self.workdir / "clientmqueue").glob("qf*"))
 
+    def run_client_queue(self, timeout: float = 60) -> int:
+        """One run of the MSP's queue (``sendmail -Ac -q``, as Debian's sendmail-msp cron job does): what
+        the MTA tempfailed earlier is offered again; returns the exit status."""
+        binary = self.root / "usr" / "libexec" / "sendmail" / "sendmail"
+        args = self._namespaced(str(binary), "-C", str(self._submit_cf()), "-q")
+        return subprocess.run(args, capture_output=True, timeout=timeout).returncode
+
 
 def smtp_exact(port: int, sender: str, rcpts: list[str], message: bytes, timeout: float = 30) -> SmtpResult:
     """One SMTP transaction whose RCPT commands carry exactly the given text after ``RCPT TO:``.

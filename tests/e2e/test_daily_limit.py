@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import REVIEW_SENDER, REVIEW_SENDER_CHANNELS, Stack, start_stack, stop_stack
-from tests.e2e.harness import make_message, unique_token
+from tests.e2e.harness import make_message, smtp_transaction, unique_token
+from tests.e2e.sendmail_harness import SendmailInstance, sendmail_stack
 from tests.support.faketime import FakeTimeMilter
-from tests.support.milter_process import REVIEW_TOKEN
+from tests.support.milter_process import REVIEW_TOKEN, write_config
 
 from amzguard.policy import utc_day
 from amzguard.store import DailyCount, SqliteStore
@@ -143,3 +144,42 @@ def test_replies_and_other_marketplaces_pass_while_the_limit_holds(stack: Stack)
     assert at_sink(stack, over_subject) == []
     store = SqliteStore(stack.workdir / "amzguard.sqlite")
     assert [(row.marketplace, row.count) for row in store.daily_counts()] == [("de", LIMIT)]
+
+
+# -- behind Sendmail: its MSP queues what the MTA tempfails, and offers it again on its next queue run -------
+
+
+def test_behind_sendmail_over_the_limit_waits_in_the_msp_queue_until_the_next_utc_day() -> None:
+    def amzguard_for(sendmail: SendmailInstance) -> FakeTimeMilter:
+        socket = f"unix:{sendmail.milter_socket}"
+        config = write_config(sendmail.workdir / "amzguard.yml", socket, channels=REVIEW_SENDER_CHANNELS,
+                              refusal={"mixed_recipients": "reject"}, limits={"proactive_per_day": {"de": 1}})  # fmt: skip
+        return FakeTimeMilter(config, socket, sendmail.workdir / "amzguard.log")
+
+    with sendmail_stack(amzguard_for) as stack:
+        milter = stack.milter
+        assert isinstance(milter, FakeTimeMilter)
+        milter.set_time((int(time.time()) // DAY) * DAY + DAY // 2)  # noon UTC: no real midnight in between
+        first, message = review_request(buyer(40), order_id())
+        assert smtp_transaction(stack.sendmail.port, REVIEW_SENDER, [buyer(40)], message).queued
+        stack.wait_relayed(first)
+
+        second, message = review_request(buyer(41), order_id())
+        result = smtp_transaction(stack.sendmail.port, REVIEW_SENDER, [buyer(41)], message)
+        assert result.data_reply is not None and result.data_reply[0] == 451, result
+        assert "daily limit of 1 proactive messages to Amazon marketplace de reached" in result.data_reply[1]
+        stack.sendmail.syslog.wait(r"Milter: data, reject=451 4\.7\.1 daily limit of 1 proactive messages")
+
+        # sendmail -t (PHP mail()): the MSP hands it to the MTA, gets the 451 and keeps it; no bounce.
+        third, message = review_request(buyer(42), order_id())
+        assert stack.sendmail.submit(message, REVIEW_SENDER) == 0
+        stack.milter.wait_log("daily limit reached: marketplace=de")
+        assert len(stack.sendmail.client_queue()) == 1
+        assert stack.relayed(second) == [] and stack.relayed(third) == []
+
+        milter.advance(DAY)  # the next UTC day: the count starts again
+        assert stack.sendmail.run_client_queue() == 0
+        [relayed] = stack.wait_relayed(third)
+        assert relayed.rcpts == [buyer(42)]
+        assert stack.sendmail.client_queue() == []
+        assert not [m for m in stack.sink.messages() if "Returned mail" in str(m.message.get("Subject", ""))]
