@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, optout_cli, restriction_cli, store_cli
+from .cli_common import EX_TEMPFAIL
 from .config import Config, ConfigError, config_path_from_env, load_config
 from .log_output import configure_logging
 from .policy import Origin
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"amzguard: configuration error: {exc}", file=sys.stderr)
         # As a pipe(8) transport, `optout learn` must make Postfix keep the notice until the config is fixed.
-        return optout_cli.EX_TEMPFAIL if getattr(args, "optout_command", None) == "learn" else 2
+        return EX_TEMPFAIL if getattr(args, "optout_command", None) == "learn" else 2
     if args.command == "check-config":
         return _check_config(config, path, args.user)
     if args.command == "optout":

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -35,13 +34,12 @@ from .config import Config
 from .store import OptOut, Store, StoreError, open_store
 from .optout_learn import LearnResult, Outcome, RestrictionNotices, learn, split_messages
 from .orderid import ORDER_ID_RE
+from .cli_common import EX_DATAERR, EX_OK, EX_TEMPFAIL, utc_time
 
 log = logging.getLogger("amzguard.learn")
 
-EX_OK = 0
 EX_SKIPPED = 1
-EX_DATAERR = 65
-EX_TEMPFAIL = 75
+"""Some entries were skipped (named on stderr): the rest was done."""
 
 CSV_FIELDS = ("address", "order_id", "source", "added_at")
 ADDRESS_COLUMNS = ("address", "buyer", "email", "e-mail")
@@ -220,8 +218,7 @@ def _export(args: argparse.Namespace, store: Store, patterns: BuyerPatterns) -> 
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(CSV_FIELDS)
         for entry in entries:
-            added = datetime.fromtimestamp(entry.added_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            writer.writerow((entry.buyer, entry.order_id or "", entry.source, added))
+            writer.writerow((entry.buyer, entry.order_id or "", entry.source, utc_time(entry.added_at)))
     print(f"exported {len(entries)} opted-out buyer{'s' if len(entries) != 1 else ''}", file=sys.stderr)
     return EX_OK
 

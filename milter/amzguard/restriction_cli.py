@@ -13,15 +13,12 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
+from .cli_common import EX_OK, EX_TEMPFAIL, EX_USAGE, utc_time
 from .config import Config
 from .policy.restriction import ALL, Restriction, valid_marketplace
 from .store import Store, StoreError, open_store
 
-EX_OK = 0
-EX_USAGE = 2
-EX_TEMPFAIL = 75
 
 
 def add_parser(commands: argparse._SubParsersAction, with_config: Callable[[argparse.ArgumentParser], object]) -> None:
@@ -55,16 +52,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
             store.shutdown()
 
 
-def _when(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _list(store: Store) -> int:
     now = int(time.time())
     rows = store.restrictions()
     for row in rows:
         state = "in force" if row.until > now else "ended"
-        print(f"{row.marketplace}\t{_when(row.until)}\t{row.source}\t{state}")
+        print(f"{row.marketplace}\t{utc_time(row.until)}\t{row.source}\t{state}")
     print(f"{sum(r.until > now for r in rows)} restriction(s) in force", file=sys.stderr)
     return EX_OK
 
@@ -85,7 +78,7 @@ def _add(store: Store, text: str, days: int) -> int:
         return EX_USAGE
     until = int(time.time()) + days * 86400
     counts = store.restrict([Restriction(marketplace, until, "cli")])
-    print(f"restriction {marketplace} until {_when(until)}: "
+    print(f"restriction {marketplace} until {utc_time(until)}: "
           f"{'recorded' if counts.changed else 'already holds longer'}")  # fmt: skip
     return EX_OK
 

@@ -18,12 +18,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from .cli_common import EX_OK, EX_TEMPFAIL, utc_time
 from .config import Config
 from .store import SCHEMA_VERSION, Store, StoreError, open_location, open_store
 
-EX_OK = 0
 EX_UNUSABLE = 1
-EX_TEMPFAIL = 75
+"""``status``: a schema the milter would not use."""
 
 
 def add_parser(commands: argparse._SubParsersAction, with_config: Callable[[argparse.ArgumentParser], object]) -> None:
@@ -93,6 +93,9 @@ def _status(store: Store) -> int:
           f"buyer messages: {status.buyer_messages}")  # fmt: skip
     today = ", ".join(f"{market} {count}" for market, count in sorted(status.proactive_today.items()))
     print(f"proactive messages today ({status.today} UTC, daily limit): {today or 'none'}")
+    # What holds review requests and critical messages back now, beside the count (restriction list: all rows).
+    restricted = ", ".join(f"{r.marketplace} until {utc_time(r.until)}" for r in status.restrictions)
+    print(f"messaging restrictions in force: {restricted or 'none'}")
     return EX_OK
 
 

@@ -120,3 +120,20 @@ def test_milter_refuses_to_start_on_a_store_url_libpq_cannot_read(tmp_path: Path
     done = amzguard(config, "run")
     assert done.returncode == 1
     assert "refusing to start: store.url: not a libpq connection string" in done.stderr, done.stderr
+
+
+def test_status_shows_the_restrictions_in_force(tmp_path: Path) -> None:
+    import time
+
+    from amzguard.policy.restriction import Restriction
+
+    store = populated_sqlite(tmp_path / "amzguard.sqlite")
+    config = tmp_path / "amzguard.yml"
+    config.write_text("store:\n  path: amzguard.sqlite\n")
+    status = amzguard(config, "store", "status")
+    assert status.returncode == 0 and "messaging restrictions in force: none\n" in status.stdout, status
+    now = int(time.time())
+    store.restrict([Restriction("de", now + 3 * 86400, "notice", now), Restriction("fr", now - 60, "cli", now - 86400)])
+    status = amzguard(config, "store", "status")
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3 * 86400))
+    assert f"messaging restrictions in force: de until {until}\n" in status.stdout, status.stdout  # fr ended

@@ -151,6 +151,8 @@ class Status:
     """Today's (UTC) proactive messages per marketplace, for the daily limit."""
     today: str = ""
     """That UTC day, ``YYYY-MM-DD``."""
+    restrictions: tuple[Restriction, ...] = ()
+    """Messaging restrictions in force now (``amzguard restriction list`` shows the ended ones too)."""
 
 
 class Store(Protocol):
@@ -619,7 +621,10 @@ class SqlStore:
         reviews, messages = self._read(read)
         day = self.today()
         today = {row.marketplace: row.count for row in self.daily_counts(day)}
-        return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages, today, day)
+        now = int(self.clock())
+        in_force = tuple(r for r in self.restrictions() if r.until > now)
+        return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages, today, day,
+                      in_force)  # fmt: skip
 
     def schema_version(self) -> int | None:
         raise NotImplementedError
