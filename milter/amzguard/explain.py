@@ -32,6 +32,7 @@ from .policy import (
     Origin,
     Outcome,
     Policy,
+    ProactiveSent,
     Reason,
     SubmissionPath,
 )
@@ -65,6 +66,9 @@ class OfflineJudgement:
     judgement: Judgement
     store_note: str | None = None
     """Why the store's answers are missing, when the policy had questions for it."""
+    counts_today: dict[str, int] | None = None
+    """Today's (UTC) proactive counts per marketplace, read when the message would be counted for the daily
+    limit (None: nothing to count, or no store to read)."""
 
     @property
     def plan(self) -> MessagePlan | None:
@@ -118,7 +122,31 @@ def judge(
     judgement = trx.judge(answered)
     verdicts = [RecipientVerdict(d.recipient, d, "rcpt") for d in judgement.rcpt_decisions]
     verdicts += [RecipientVerdict(d.recipient, d, "eom") for d in judgement.decisions]
-    return OfflineJudgement(verdicts, judgement, store_note)
+    counts_today = None
+    if store is not None and any(isinstance(r, ProactiveSent) for r in judgement.records):
+        try:
+            counts_today = {row.marketplace: row.count for row in store.daily_counts(store.today())}
+        except StoreError:
+            counts_today = None  # the store_note above, or the same failure, says why nothing was consulted
+    return OfflineJudgement(verdicts, judgement, store_note, counts_today)
+
+
+def limit_lines(judgement: OfflineJudgement) -> list[str]:
+    """What the daily limit would do with the message, at today's count (the milter decides it atomically
+    when it records the message: another message may take the last place first)."""
+    lines = []
+    for record in judgement.judgement.records:
+        if not isinstance(record, ProactiveSent) or record.limit is None:
+            continue
+        if judgement.counts_today is None:
+            lines.append(f"daily limit: {record.marketplace} {record.limit} a day; today's count not read (no store)")
+            continue
+        sent = judgement.counts_today.get(record.marketplace, 0)
+        fits = sent + record.count <= record.limit
+        verdict = "fits" if fits else "the milter would hold the message (451 4.7.1) until a later UTC day"
+        lines.append(f"daily limit: {record.marketplace} {sent} of {record.limit} sent today (UTC), this message "
+                     f"adds {record.count}: {verdict}")
+    return lines
 
 
 def _classification(recipient: Recipient) -> str:
@@ -155,6 +183,9 @@ def _why(policy: Policy, verdict: RecipientVerdict, facts: MessageFacts) -> str:
             mailboxes = "; ".join(facts.header_values("from")) or "none"
             return (f"envelope sender {bracketed(facts.sender)} or From: ({mailboxes}) is not in "
                     "buyers.approved_senders for this marketplace (Seller Central: Messaging Permissions)")
+        case Reason.MESSAGING_RESTRICTED:
+            return (f"a {decision.channel.value} message refused: Amazon restricted this account from proactive "
+                    "messages to this marketplace (amzguard restriction list); replies still pass")
         case Reason.MARKER_ONLY:
             return f"granted by the {decision.channel.value} channel, but nothing is left once the marker is removed"
         case _ if verdict.stage == "rcpt":
@@ -245,6 +276,7 @@ def explain(
     if any(verdict.recipient.unresolved for verdict in verdicts):
         lines.append(ROUTING_NOTE)
     lines += [f"content: {f.action.value} {f.text()}" for f in judgement.judgement.findings]
+    lines += limit_lines(judgement)
     if not judgement.judgement.body_read and _body_rules_would_run(policy, judgement):
         lines.append("note: explain has no body: content rules that read it were not run (amzguard lint FILE.eml runs them)")
     return lines + plan_lines(plan, mode)

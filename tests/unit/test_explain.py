@@ -154,3 +154,34 @@ def test_an_unapproved_sender_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     # A buyer of a marketplace nothing is approved for is not checked.
     _, out = run(capsys, "-c", config, "--sender", "news@shop.test", "--header", TAG, "40417@marketplace.amazon.fr")
     assert out[1].startswith("<40417@marketplace.amazon.fr>: deliver at end of message (reason channel")
+
+
+def test_a_restriction_and_the_daily_limit_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from amzguard.policy import ProactiveSent
+    from amzguard.policy.restriction import Restriction
+
+    store_path = tmp_path / "store.sqlite"
+    config = write(tmp_path, store={"path": str(store_path)}, limits={"proactive_per_day": {"de": 2}})
+    review = ["-c", config, "--sender", "support@shop.test", "--header", TAG,
+              "--header", "Subject: How was order 303-1234567-7654321?"]  # fmt: skip
+    de_buyer, fr_buyer = "q7x2k9m4p1z8w3v5@marketplace.amazon.de", "40417@marketplace.amazon.fr"
+    _, out = run(capsys, *review, de_buyer)
+    assert "daily limit: de 2 a day; today's count not read (no store)" in out
+    store = SqliteStore(store_path)
+    store.record([ProactiveSent("de", 1, None)])
+    _, out = run(capsys, *review, de_buyer)
+    assert "daily limit: de 1 of 2 sent today (UTC), this message adds 1: fits" in out
+    store.record([ProactiveSent("de", 1, None)])
+    _, out = run(capsys, *review, de_buyer)
+    assert ("daily limit: de 2 of 2 sent today (UTC), this message adds 1: the milter would hold the message "
+            "(451 4.7.1) until a later UTC day") in out  # fmt: skip
+    _, out = run(capsys, *review, fr_buyer)
+    assert not [line for line in out if line.startswith("daily limit")]  # fr has no limit
+    now = int(time.time())
+    store.restrict([Restriction("fr", now + 86400, "cli", now)])
+    _, out = run(capsys, *review, fr_buyer)
+    assert out[1] == f"<{fr_buyer}>: refuse at end of message (reason messaging-restricted, channel review)"
+    assert "Amazon restricted this account from proactive messages to this marketplace" in out[2]
+    assert store.daily_counts(store.today())[0].count == 2  # explaining recorded nothing
