@@ -14,6 +14,7 @@ around each one (the clock's own cost is printed and not subtracted).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import random
 import statistics
@@ -80,10 +81,18 @@ def make_cases(count: int, seed: int = 5) -> list[Case]:
     return cases
 
 
-def bench_policy() -> Policy:
-    """The policy as the pipeline benchmark configures amzguard (default buyers, review channel on)."""
-    config = parse_config({"channels": amzguard_sections()["channels"]})
-    return Policy.from_settings(config.policy)
+def bench_policy(approved_senders: bool = False) -> Policy:
+    """The policy as the pipeline benchmark configures amzguard (default buyers, review channel on);
+    ``approved_senders``: with ``buyers.approved_senders`` listing both senders (issue 12's check)."""
+    data: dict[str, object] = {"channels": amzguard_sections()["channels"]}
+    if approved_senders:
+        data["buyers"] = {"approved_senders": [REVIEW_SENDER, SHOP_SENDER]}
+    return Policy.from_settings(parse_config(data).policy)
+
+
+def with_from(cases: Sequence[Case]) -> list[Case]:
+    """The same cases with the From: field the approved-senders check reads (the sender, with a name)."""
+    return [dataclasses.replace(case, headers=(*case.headers, ("From", f"Shop <{case.sender}>"))) for case in cases]
 
 
 def decide_message(policy: Policy, case: Case) -> object:
@@ -154,6 +163,10 @@ def run(count: int) -> list[Timing]:
     for kind in ("allowed", "buyer", "review"):
         subset = [case for case in cases if case.kind == kind]
         timings.append(measure(f"  only {kind}", lambda case: decide_message(policy, case), subset))
+    approved = bench_policy(approved_senders=True)
+    reviews = with_from([case for case in cases if case.kind == "review"])
+    timings.append(measure("  review, From: read", lambda case: decide_message(policy, case), reviews))
+    timings.append(measure("  review, approved senders", lambda case: decide_message(approved, case), reviews))
     return timings
 
 
@@ -167,6 +180,9 @@ def format_report(timings: list[Timing], overhead_us: float) -> str:
             f"  {t.name:<28} {t.count:>8} {t.per_second:>11.0f} {t.p50_us:>8.1f} {t.p99_us:>8.1f} {t.max_us:>8.0f}"
         )
     decision = next(t for t in timings if t.name.startswith("decision per message"))
+    plain, checked = (next(t for t in timings if t.name == f"  review, {n}") for n in ("From: read", "approved senders"))
+    lines.append(f"  approved senders on a review request: p50 {checked.p50_us / plain.p50_us:.2f} x without "
+                 "(same run, same cases)")
     verdict = "ok" if decision.p99_us <= P99_TARGET_US else "MISSED"
     lines.append(f"  clock read around each call costs ~{overhead_us:.2f} us (included above)")
     lines.append(f"  target: p99 per decision <= {P99_TARGET_US:.0f} us: {decision.p99_us:.1f} us {verdict}")

@@ -113,10 +113,12 @@ def test_pipeline_smoke_reports_every_setup_with_positive_figures(tmp_path: Path
 def test_policy_and_register_smoke_report_every_row_with_positive_figures() -> None:
     report = _run(["bench", "--smoke", "--skip-pipeline"], timeout=300)
 
-    rows = ("classify_recipient (mix)", "decision per message (mix)", "only allowed", "only buyer", "only review")
+    rows = ("classify_recipient (mix)", "decision per message (mix)", "only allowed", "only buyer", "only review",
+            "review, From: read", "review, approved senders")
     for label in rows:
         [figures] = _row_figures(report, label)
         assert len(figures) == 5 and all(value > 0 for value in figures), (label, figures)
+    assert re.search(r"approved senders on a review request: p50 \d+\.\d\d x without", report)
     assert "opt-out register lookups: store bench.register_bench:SqliteRegister" in report  # the real store
     assert "opt-out register lookups: store bench.register_bench:PostgresRegister" in report  # both backends
     assert "register lookups, PostgreSQL (unix socket) beside SQLite, same run:" in report
