@@ -25,7 +25,7 @@ from .config import Config
 from .content import ContentAction, Finding, split_message
 from .content.reader import decoded_header
 from .decision_log import bracketed
-from .explain import judge, plan_lines, recognised_text
+from .explain import judge, limit_lines, plan_lines, recognised_text
 from .store import Store, open_store
 from .policy import NO_ORIGIN, ChangeHeader, Mode, Origin, Policy, SubmissionPath
 from .transaction import Judgement
@@ -46,6 +46,8 @@ class LintResult:
     recipients: tuple[str, ...]
     judgement: Judgement
     store_note: str | None = None
+    limit_notes: tuple[str, ...] = ()
+    """What the daily limit would do at today's count (explain.limit_lines)."""
 
     @property
     def clean(self) -> bool:
@@ -77,7 +79,7 @@ def lint_message(
         sender = senders[0] if senders else ""
     policy = Policy.from_settings(config.policy)
     offline = judge(policy, sender, path, headers, recipients, store, body=body, origin=origin)
-    return LintResult(name, sender, tuple(recipients), offline.judgement, offline.store_note)
+    return LintResult(name, sender, tuple(recipients), offline.judgement, offline.store_note, tuple(limit_lines(offline)))
 
 
 def lint_file(config: Config, file: str, **options: object) -> LintResult:
@@ -108,6 +110,7 @@ def text_lines(result: LintResult, mode: Mode) -> list[str]:
         lines.append(f"{result.file}: note: {result.store_note}")
     if judgement.truncated:
         lines.append(f"{result.file}: note: the text was read only up to content.max_bytes")
+    lines += [f"{result.file}: {note}" for note in result.limit_notes]
     lines += [f"{result.file}: {line}" for line in plan_lines(judgement.plan, mode)]
     return lines
 
@@ -142,6 +145,7 @@ def json_object(result: LintResult) -> dict[str, object]:
         ],
         "removed_headers": sorted({f.header for f in judgement.findings if f.action is ContentAction.REMOVE and f.header}),
         "note": result.store_note,
+        "daily_limit": list(result.limit_notes),
     }
 
 

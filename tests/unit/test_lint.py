@@ -114,3 +114,20 @@ def test_a_marked_buyer_shows_the_visible_to_rewrite(config: Path, tmp_path: Pat
     [result] = json.loads(lint(config, "--format", "json", str(file)).stdout)
     [rewrite] = result["rewritten_headers"]
     assert rewrite["name"] == "To" and "blacklisted-" not in rewrite["value"]
+
+
+def test_the_daily_limit_line_at_todays_count(config: Path, tmp_path: Path) -> None:
+    """issue 12 item 7: lint says what the daily limit would do, as explain does (text and JSON)."""
+    from amzguard.policy import ProactiveSent
+    from amzguard.store.sqlite import SqliteStore
+
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "limits": {"proactive_per_day": {"com": 1}}}))
+    SqliteStore(tmp_path / "store.sqlite").record([ProactiveSent("com", 1, None)])
+    name = str(FIXTURES / "en_plain_review.eml")
+    held = ("daily limit: com 1 of 1 sent today (UTC), this message adds 1: the milter would hold the message "
+            "(451 4.7.1) until a later UTC day")  # fmt: skip
+    done = lint(config, name)
+    assert f"{name}: {held}\n" in done.stdout, done.stdout
+    [result] = json.loads(lint(config, "--format", "json", name).stdout)
+    assert result["daily_limit"] == [held]
