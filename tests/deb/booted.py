@@ -34,6 +34,27 @@ CONTAINER_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
                  "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"]
 
 
+HOST_STATE = ("/etc/amzguard", "/var/lib/amzguard", "/var/spool/postfix/amzguard")
+"""What the package makes on a machine, hidden from the copy unless bound: the copy starts as a machine
+amzguard was never installed on, whatever the host holds (``make run`` makes /var/lib/amzguard, as root, with
+a store file the package's service user could not open: the system test failed on exactly that)."""
+
+
+def _hide(path: str, upper: Path) -> str:
+    """Shell commands that make ``path`` absent in the overlay (an overlayfs whiteout: a 0/0 character device
+    in the upper layer); its parent directories are copied into the upper layer with the host's owner and
+    mode, which the merged view takes from the upper layer."""
+    q = shlex.quote
+    steps = []
+    parents = list(reversed(Path(path).parents))[1:]  # without "/"
+    for parent in parents:
+        target = q(f"{upper}{parent}")
+        steps.append(f"{{ [ -d {target} ] || {{ mkdir {target} && chown --reference={q(str(parent))} {target}"
+                     f" && chmod --reference={q(str(parent))} {target}; }}; }}")
+    steps.append(f"mknod {q(f'{upper}{path}')} c 0 0")
+    return f"{{ ! [ -e {q(path)} ] || {{ {' && '.join(steps)}; }}; }}"
+
+
 class BootError(RuntimeError):
     """The container did not come up; the message carries its console output."""
 
@@ -46,10 +67,13 @@ class BootedCopy:
         workdir: Path,
         binds: Mapping[str, Path] | None = None,
         private_network: bool = True,
+        hidden: Sequence[str] = HOST_STATE,
     ) -> None:
         self.workdir = workdir
         self.private_network = private_network
         self.binds = dict(binds or {})
+        self.hidden = tuple(path for path in hidden if path not in self.binds)
+        """Host paths the copy does not see (``HOST_STATE``; a bound one is the bind's)."""
         self.console = workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.init_pid: int | None = None  # systemd, PID 1 inside, as the host numbers it
@@ -67,9 +91,10 @@ class BootedCopy:
             "--boot", "--", "--unit=sysinit.target",
         ]  # fmt: skip
         q = shlex.quote
+        hide = "".join(f" && {_hide(path, upper / 'u')}" for path in self.hidden)
         script = (
             f"mount -t tmpfs -o mode=0755 tmpfs {q(str(upper))} && mkdir {q(str(upper / 'u'))} {q(str(upper / 'w'))}"
-            f" && mount -t overlay overlay -o lowerdir=/,upperdir={q(str(upper / 'u'))},workdir={q(str(upper / 'w'))}"
+            f"{hide} && mount -t overlay overlay -o lowerdir=/,upperdir={q(str(upper / 'u'))},workdir={q(str(upper / 'w'))}"
             f" {q(str(root))} && exec {shlex.join(nspawn)}"
         )
         # The mounts live in this mount namespace only and go when its last process (the container) exits.
