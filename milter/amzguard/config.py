@@ -34,7 +34,7 @@ from .policy import (
     ReviewChannelSettings,
 )
 from .policy.limits import LimitError, LimitSettings, parse_limits
-from .policy.senders import parse_approved
+from .policy.senders import parse_approved, unapproved
 from .policy.recognise import CriterionError, RecogniseEntry, SubjectPattern, client_network
 from .privacy import AddressPrivacy, AddressStyle
 
@@ -611,6 +611,7 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         limits=limits,
         approved_senders=approved_senders,
     )
+    _warn_unapproved(source, policy)
     return Config(
         source=path,
         milter=milter,
@@ -624,6 +625,19 @@ def _parse(data: object, source: str, path: Path | None, seen: set[str]) -> Conf
         secret_files=tuple(secrets),
         restriction=restriction,
     )
+
+
+def _warn_unapproved(source: str, policy: PolicySettings) -> None:
+    """A channel sender that buyers.approved_senders does not approve anywhere: every message it sends to a
+    relay buyer is refused (sender-not-approved), which its channel entry cannot have meant."""
+    named = [(f"channels.{name}.allowed_senders", settings.allowed_senders)
+             for name, settings in (("review", policy.review), ("reply", policy.reply), ("critical", policy.critical))]
+    named += [(f"channels.review.recognise[{i}].sender", (entry.sender,))
+              for i, entry in enumerate(policy.review.recognise) if entry.sender]  # fmt: skip
+    for key, senders in named:
+        for sender in unapproved(policy.approved_senders, senders):
+            log.warning("%s: %s: %s is in no list of buyers.approved_senders: its mail to buyers' relay addresses "
+                        "is refused (sender-not-approved)", source, key, sender)  # fmt: skip
 
 
 def load_config(path: Path | str) -> Config:

@@ -243,7 +243,9 @@ KEYS: tuple[Key, ...] = (
         "envelope sender and the From: address must both be listed (user@domain, or @domain for any user "
         "of that domain), because Amazon does not say which of them it checks: list a mailer's bounce "
         "address too when it differs from its From:. A message without exactly one readable From: is not "
-        "approved. On the SMTP path an unapproved envelope sender is refused already at RCPT TO."),
+        "approved. On the SMTP path an unapproved envelope sender is refused already at RCPT TO. A channel's "
+        "allowed_senders entry or a recognise entry's sender that no list approves is logged as a warning when "
+        "the config is read (check-config shows it)."),
     # refusal
     line("refusal.reply_text",
          "Amazon forbids e-mail about orders or shipping to buyers; use Seller Central (refused by amzguard)",

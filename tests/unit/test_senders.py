@@ -203,3 +203,25 @@ def test_the_quick_from_reading_agrees_with_email_utils(value: str) -> None:
     reading applies, it gives what email.utils' parser gives."""
     if _SIMPLE_FROM.fullmatch(value):
         assert from_mailboxes([value]) == parsed_from_mailboxes(value), value
+
+
+def test_a_channel_sender_no_list_approves_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Contrary config: a channel's allowed sender or a recognise entry's sender that approved_senders never
+    approves could never write to a relay buyer; parsing says so (check-config and the milter's start)."""
+    from amzguard.policy.senders import unapproved
+
+    settings = approved({"de": ["@shop.test"], "*": ["x@other.test"]})
+    assert unapproved(settings, ("a@SHOP.test", "@shop.test", "x@other.test", "b@mailer.test", "@other.test")) == (
+        "b@mailer.test", "@other.test")  # @other.test: only one of its users is approved
+    assert unapproved(NO_APPROVED_SENDERS, ("b@mailer.test",)) == ()  # the check is off: nothing contrary
+    with caplog.at_level("WARNING", logger="amzguard.config"):
+        parse_config({"buyers": {"approved_senders": ["@shop.test"]},
+                      "channels": {"critical": {"allowed_senders": ["ops@mailer.test"]},
+                                   "review": {"enabled": True, "recognise": [{"sender": "news@other.test",
+                                                                               "subject": "Review *"}]}}})  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [
+        "<config>: channels.critical.allowed_senders: ops@mailer.test is in no list of buyers.approved_senders: its "
+        "mail to buyers' relay addresses is refused (sender-not-approved)",
+        "<config>: channels.review.recognise[0].sender: news@other.test is in no list of buyers.approved_senders: its "
+        "mail to buyers' relay addresses is refused (sender-not-approved)",
+    ]

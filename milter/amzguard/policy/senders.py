@@ -112,6 +112,25 @@ def sender_approved(approved: ApprovedSenders, sender: Address, from_values: lis
     return all(listed(sender, entries) and all(listed(m, entries) for m in mailboxes) for entries in checks)
 
 
+def unapproved(approved: ApprovedSenders, senders: tuple[str, ...]) -> tuple[str, ...]:
+    """The entries of a channel's ``allowed_senders`` (or a recognise entry's sender) that no list of
+    ``approved`` covers: mail from them to relay buyers is refused wherever the check applies, so the config
+    says two contrary things (``@domain`` is covered only by the same ``@domain``, not by some of its users)."""
+    if not approved.active():
+        return ()
+    lists = (approved.everywhere, *(entries for _, entries in approved.by_marketplace))
+    missing = []
+    for sender in senders:
+        (entry,) = _entries((sender,))
+        if entry.startswith("@"):
+            covered = any(entry in entries for entries in lists)
+        else:
+            covered = any(listed(parse_address(entry), entries) for entries in lists)
+        if not covered:
+            missing.append(sender)
+    return tuple(missing)
+
+
 def parse_approved(value: object) -> ApprovedSenders:
     """The config value (already shape-checked by the key table): a list approves for every marketplace,
     a mapping per marketplace (``*``: every marketplace). Marketplace names as ``valid_marketplace``."""
