@@ -67,7 +67,8 @@ def test_alert_rules_use_real_metrics() -> None:
     names = exported()
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     assert {"AmzguardInternalErrors", "AmzguardTempfailing", "AmzguardConfigReloadFailed",
-            "AmzguardRefusalsRising", "AmzguardStoreErrors", "AmzguardStoreSlow"} <= {rule["alert"] for rule in rules}  # fmt: skip
+            "AmzguardRefusalsRising", "AmzguardStoreErrors", "AmzguardStoreSlow", "AmzguardSenderNotApproved",
+            "AmzguardMessagingRestricted", "AmzguardDailyLimitReached"} <= {rule["alert"] for rule in rules}  # fmt: skip
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
