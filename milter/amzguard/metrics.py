@@ -477,7 +477,7 @@ class _RestrictionCollector(Collector):
         store = self._store_of()
         now = time.time()
         try:
-            rows = [r for r in store.restrictions() if r.until > now] if store is not None else []
+            rows = [r for r in store.restrictions() if r.in_force(now)] if store is not None else []
         except StoreError:
             rows = None
         count.add_metric([], float("nan") if rows is None else len(rows))

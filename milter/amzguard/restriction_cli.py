@@ -56,9 +56,9 @@ def _list(store: Store) -> int:
     now = int(time.time())
     rows = store.restrictions()
     for row in rows:
-        state = "in force" if row.until > now else "ended"
+        state = "in force" if row.in_force(now) else "ended"
         print(f"{row.marketplace}\t{utc_time(row.until)}\t{row.source}\t{state}")
-    print(f"{sum(r.until > now for r in rows)} restriction(s) in force", file=sys.stderr)
+    print(f"{sum(r.in_force(now) for r in rows)} restriction(s) in force", file=sys.stderr)
     return EX_OK
 
 

@@ -43,6 +43,10 @@ class Restriction:
     """``cli`` (``amzguard restriction add``) or ``notice`` (learned by ``optout learn``)."""
     added_at: int = 0
 
+    def in_force(self, now: float) -> bool:
+        """Whether it still holds at unix time ``now`` (the store's SQL asks the same: ``until > now``)."""
+        return self.until > now
+
 
 @functools.lru_cache(maxsize=1024)
 def marketplace_of(domain: str) -> str | None:

@@ -622,7 +622,7 @@ class SqlStore:
         day = self.today()
         today = {row.marketplace: row.count for row in self.daily_counts(day)}
         now = int(self.clock())
-        in_force = tuple(r for r in self.restrictions() if r.until > now)
+        in_force = tuple(r for r in self.restrictions() if r.in_force(now))
         return Status(self.backend, self.location, version, self.counts_by_source(), reviews, messages, today, day,
                       in_force)  # fmt: skip
 
