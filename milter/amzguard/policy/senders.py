@@ -47,7 +47,7 @@ class ApprovedSenders:
     def checks(self, recipient: Recipient) -> tuple[tuple[str, ...], ...]:
         """The entry lists this recipient's sender must meet, one per marketplace it may be routed to
         (empty: not checked — no relay recipient, or nothing approved for its marketplace)."""
-        if not recipient.relay or not (self.everywhere or self.by_marketplace):
+        if not recipient.relay or not self.active():
             return ()
         if not self.by_marketplace:
             return (self.everywhere,)  # a list: the same for every marketplace, none to look up
